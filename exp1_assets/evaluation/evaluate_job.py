@@ -1,0 +1,209 @@
+"""The evaluation job: `python -m exp1_assets.evaluation.evaluate_job spec.json`.
+
+Runs under `accelerate launch` (one process). Only global rank 0 works; other ranks exit at once.
+It measures, for one checkpoint:
+- perplexity on the packed validation blocks: assistant tokens (what training optimized) and all
+  real tokens (the research scripts' number), plus bits per byte (tokenizer independent);
+- greedy replies to `num_samples` test conversations (prompt = everything before the last
+  assistant turn, reference = that turn): ROUGE-1/2/L, BLEU, chrF, length ratio, diversity,
+  exact-answer accuracy per task family (built-in corpus), and the few-shot probe set.
+Outputs go to `output_dir` (report.json, predictions.jsonl, report.md). Asset checks are computed
+by the asset from report.json (its `checks` block), not reported from here.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from exp1_assets.evaluation.job_common import (
+    JsonSpec, load_checkpoint, md_metadata, require_non_negative_int, require_path, require_positive,
+    resolve_device,
+)
+from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors
+
+HEADLINE_KEYS = ("perplexity", "perplexity_all_tokens", "bits_per_byte", "rouge1", "rouge2", "rouge_l", "bleu",
+                 "chrf", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu", "exact_accuracy",
+                 "probe_accuracy", "length_ratio_mean", "stopped_fraction")
+
+
+@dataclass(frozen=True)
+class EvalSpec(JsonSpec):
+    checkpoint_path: str
+    validation_path: str  # packed validation.arrow
+    test_path: str  # test.parquet
+    output_dir: str
+    run_dir: str  # errors/rank<N>.txt
+    num_samples: int = 1000  # test conversations to generate for (0: none)
+    max_new_tokens: int = 128
+    generation_batch_size: int = 32
+    eval_batch_size: int = 8  # packed blocks per perplexity forward
+    max_eval_blocks: int = 0  # 0: every validation block
+    self_bleu_samples: int = 200
+    run_probes: bool = True
+    perplexity_threshold: float = 20.0
+    rouge_l_threshold: float = 0.3
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_path", "validation_path", "test_path", "output_dir", "run_dir"):
+            require_path(name, getattr(self, name))
+        for name in ("num_samples", "max_eval_blocks", "seed"):
+            require_non_negative_int(name, getattr(self, name))
+        for name in ("max_new_tokens", "generation_batch_size", "eval_batch_size", "self_bleu_samples",
+                     "perplexity_threshold", "rouge_l_threshold"):
+            require_positive(name, getattr(self, name))
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+def load_test_rows(path: str, *, num_samples: int, seed: int) -> list[dict[str, Any]]:
+    """Prompt/reference pairs from test.parquet: a seeded sample of `num_samples` conversations."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if "messages" not in table.column_names:
+        raise ValueError(f"{path}: test split has no 'messages' column (columns: {table.column_names})")
+    rows = table.to_pylist()
+    if len(rows) > num_samples:
+        rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), num_samples))]
+    pairs = []
+    for index, row in enumerate(rows):
+        messages = row["messages"]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None or last == 0:
+            raise ValueError(f"{path}: conversation {row.get('id', index)!r} has no assistant turn after a prompt")
+        pairs.append({"id": row.get("id", f"row-{index}"), "prompt_messages": messages[:last],
+                      "reference": messages[last]["content"], "task": row.get("task"), "answer": row.get("answer")})
+    return pairs
+
+
+def perplexity_metrics(model: Any, tokenizer: Any, spec: EvalSpec, *, device: str) -> dict[str, float]:
+    from datasets import Dataset
+
+    from exp1_assets.evaluation import metrics
+
+    blocks = Dataset.from_file(spec.validation_path)
+    if spec.max_eval_blocks:
+        blocks = blocks.select(range(min(spec.max_eval_blocks, len(blocks))))
+    sums = metrics.token_nll_sums(model, blocks, batch_size=spec.eval_batch_size, device=device,
+                                  pad_token_id=tokenizer.pad_token_id)
+    if sums["tokens_assistant"] == 0:
+        raise ValueError(f"{spec.validation_path}: no assistant (label != -100) tokens: the loss mask masks everything")
+    n_bytes = metrics.assistant_target_bytes(blocks, tokenizer)
+    return {
+        "perplexity": metrics.perplexity(sums["nll_assistant"], sums["tokens_assistant"]),
+        "perplexity_all_tokens": metrics.perplexity(sums["nll_all"], sums["tokens_all"]),
+        "bits_per_byte": metrics.bits_per_byte(sums["nll_assistant"], n_bytes),
+        "loss_assistant": sums["nll_assistant"] / sums["tokens_assistant"],
+        "tokens_assistant": sums["tokens_assistant"], "tokens_all": sums["tokens_all"],
+        "assistant_bytes": n_bytes, "validation_blocks": len(blocks),
+    }
+
+
+def generation_metrics(model: Any, tokenizer: Any, spec: EvalSpec, *, reporter: Reporter) -> tuple[dict, list]:
+    """Greedy replies on the test sample; overlap, diversity and exact-answer numbers + per-row rows."""
+    from exp1_assets.evaluation import metrics
+    from exp1_assets.evaluation.generation import generate_batched
+
+    pairs = load_test_rows(spec.test_path, num_samples=spec.num_samples, seed=spec.seed)
+    started = time.perf_counter()
+    gens = generate_batched(model, tokenizer, [p["prompt_messages"] for p in pairs],
+                            max_new_tokens=spec.max_new_tokens, batch_size=spec.generation_batch_size)
+    seconds = time.perf_counter() - started
+    reporter.log(f"generated {len(gens)} replies in {seconds:.1f}s")
+    preds, refs = [g.text for g in gens], [p["reference"] for p in pairs]
+    per_row_rouge, per_row_bleu = metrics.rouge_scores(preds, refs), metrics.sentence_bleus(preds, refs)
+    result: dict[str, Any] = {**metrics.mean_rouge(per_row_rouge), **metrics.corpus_bleu_chrf(preds, refs),
+                              **metrics.length_ratio(preds, refs)}
+    for n in range(1, 5):
+        result[f"distinct_{n}"] = metrics.distinct_n(preds, n=n)
+    result["self_bleu"] = metrics.self_bleu(preds, max_samples=spec.self_bleu_samples, seed=spec.seed)
+    exact = metrics.exact_accuracy(predictions=preds, answers=[p["answer"] for p in pairs],
+                                   tasks=[p["task"] for p in pairs])
+    result["exact_accuracy_by_task"] = exact
+    result["exact_accuracy"] = exact["all"]["accuracy"] if "all" in exact else float("nan")
+    result["stopped_fraction"] = sum(g.stopped for g in gens) / len(gens) if gens else float("nan")
+    result["generation_seconds"] = seconds
+    result["mean_new_tokens"] = sum(g.n_tokens for g in gens) / len(gens) if gens else float("nan")
+    result["num_samples"] = len(gens)
+    predictions = [
+        {"id": p["id"], "prompt": p["prompt_messages"][-1]["content"], "reference": p["reference"],
+         "prediction": g.text, "rouge_l": r["rouge_l"], "bleu": b, "task": p["task"], "answer": p["answer"],
+         "stopped": g.stopped, "n_tokens": g.n_tokens}
+        for p, g, r, b in zip(pairs, gens, per_row_rouge, per_row_bleu)
+    ]
+    return result, predictions
+
+
+def probe_metrics(model: Any, tokenizer: Any, spec: EvalSpec) -> dict[str, dict]:
+    from exp1_assets.evaluation.generation import generate_batched
+    from exp1_assets.evaluation.metrics import exact_accuracy
+    from exp1_assets.evaluation.prompts import PROBES
+
+    gens = generate_batched(model, tokenizer, [[{"role": "user", "content": p["prompt"]}] for p in PROBES],
+                            max_new_tokens=min(spec.max_new_tokens, 32), batch_size=spec.generation_batch_size)
+    return exact_accuracy(predictions=[g.text for g in gens], answers=[p["answer"] for p in PROBES],
+                          tasks=[p["category"] for p in PROBES])
+
+
+def evaluate(spec: EvalSpec, *, reporter: Reporter) -> dict[str, Any]:
+    from exp1_assets.evaluation.reports import worst_and_best_rows, write_evaluation_report
+
+    device = resolve_device(spec.device)
+    model, tokenizer = load_checkpoint(spec.checkpoint_path, device=device)
+    reporter.log(f"evaluating {spec.checkpoint_path} on {device}")
+    numbers = perplexity_metrics(model, tokenizer, spec, device=device)
+    reporter.log(f"perplexity {numbers['perplexity']:.3f} (assistant), {numbers['perplexity_all_tokens']:.3f} (all)")
+    predictions: list[dict] = []
+    extra: dict[str, Any] = {}
+    if spec.num_samples:
+        generated, predictions = generation_metrics(model, tokenizer, spec, reporter=reporter)
+        signatures = {k: generated.pop(k) for k in ("bleu_signature", "chrf_signature", "bleu_formatted")}
+        extra["exact_accuracy"] = generated.pop("exact_accuracy_by_task")
+        extra.update(signatures)
+        numbers.update(generated)
+        reporter.log(f"ROUGE-L {numbers['rouge_l']:.3f}, BLEU {numbers['bleu']:.2f}, chrF {numbers['chrf']:.2f}")
+    if spec.run_probes:
+        extra["probe_accuracy"] = probe_metrics(model, tokenizer, spec)
+        numbers["probe_accuracy"] = extra["probe_accuracy"]["all"]["accuracy"]
+    ppl, rouge_l = numbers["perplexity"], numbers.get("rouge_l", float("nan"))
+    report = {
+        "checkpoint": spec.checkpoint_path, "metrics": numbers, **extra,
+        "checks": {  # NaN compares False: a missing number fails its check
+            "perplexity_below_threshold": {"passed": bool(ppl < spec.perplexity_threshold), "value": ppl,
+                                           "threshold": spec.perplexity_threshold},
+            "rouge_l_above_threshold": {"passed": bool(rouge_l > spec.rouge_l_threshold), "value": rouge_l,
+                                        "threshold": spec.rouge_l_threshold},
+        },
+        "spec": spec.to_dict(),
+    }
+    write_evaluation_report(spec.output_dir, report=report, predictions=predictions)
+
+    metadata: dict[str, Any] = {k: float(numbers.get(k, float("nan"))) for k in HEADLINE_KEYS}
+    metadata["num_samples"] = int(numbers.get("num_samples", 0))
+    metadata["bleu_signature"] = str(extra.get("bleu_signature", ""))
+    if predictions:
+        metadata["worst_and_best_rows"] = md_metadata(worst_and_best_rows(predictions, 3))
+    reporter.report_materialization(metadata=metadata)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m exp1_assets.evaluation.evaluate_job spec.json")
+    spec = EvalSpec.from_file(argv[0])
+    with record_errors(spec.run_dir):
+        if global_rank() != 0:
+            return  # evaluation is single-process work; extra ranks have nothing to do
+        with open_reporter() as reporter:
+            evaluate(spec, reporter=reporter)
+
+
+if __name__ == "__main__":
+    main()

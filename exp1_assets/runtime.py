@@ -1,0 +1,104 @@
+"""What a launched job (training, evaluation, sampling) needs to talk back to Dagster.
+
+The jobs run under `accelerate launch` (locally or in a Slurm allocation), so several ranks
+execute the same code. Only global rank 0 opens Dagster Pipes: two writers on one message channel
+would interleave their JSON lines. Every rank that raises writes its traceback to
+`<run_dir>/errors/rank<N>.txt`, so the launcher can put the real error (rank 1's, say) into the
+Dagster failure instead of a bare "exit code 1".
+
+This module imports only `dagster_pipes` (tiny, no dagster), never `dagster` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def global_rank() -> int:
+    """The process's global rank as torchrun/accelerate export it (0 when launched alone)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class Reporter:
+    """Rank 0's line to Dagster; a silent stand-in on other ranks and outside Dagster.
+
+    Every method is safe to call on any rank, so job code never branches on the rank itself.
+    """
+
+    def __init__(self, pipes: Any | None) -> None:
+        self._pipes = pipes
+
+    @property
+    def active(self) -> bool:
+        return self._pipes is not None
+
+    def log(self, message: str) -> None:
+        if self._pipes is not None:
+            self._pipes.log.info(message)
+        elif global_rank() == 0:
+            # Outside Dagster (a plain `accelerate launch`), progress still goes somewhere visible.
+            print(message, file=sys.stderr, flush=True)
+
+    def warning(self, message: str) -> None:
+        if self._pipes is not None:
+            self._pipes.log.warning(message)
+        elif global_rank() == 0:
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+    def report_materialization(
+        self, *, metadata: Mapping[str, Any], data_version: str | None = None
+    ) -> None:
+        if self._pipes is not None:
+            self._pipes.report_asset_materialization(
+                metadata=dict(metadata), data_version=data_version
+            )
+
+    def report_check(
+        self, *, check_name: str, passed: bool, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        if self._pipes is not None:
+            self._pipes.report_asset_check(
+                check_name=check_name, passed=passed, metadata=dict(metadata or {})
+            )
+
+
+@contextlib.contextmanager
+def open_reporter() -> Iterator[Reporter]:
+    """Open Dagster Pipes on global rank 0 when this process was launched by Dagster."""
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    launched_by_dagster = PipesEnvVarParamsLoader().is_dagster_pipes_process()
+    if global_rank() != 0 or not launched_by_dagster:
+        yield Reporter(None)
+        return
+    with open_dagster_pipes() as pipes:
+        yield Reporter(pipes)
+
+
+def error_file(run_dir: str | Path, rank: int | None = None) -> Path:
+    rank = global_rank() if rank is None else rank
+    return Path(run_dir) / "errors" / f"rank{rank}.txt"
+
+
+@contextlib.contextmanager
+def record_errors(run_dir: str | Path) -> Iterator[None]:
+    """Write this rank's traceback next to the run if the body raises, then re-raise."""
+    try:
+        yield
+    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised unchanged
+        if not isinstance(exc, SystemExit) or exc.code not in (0, None):
+            path = error_file(run_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = "".join(traceback.format_exception(exc))
+            path.write_text(f"rank {global_rank()}/{world_size()}: {type(exc).__name__}: {exc}\n\n{text}")
+        raise

@@ -1,0 +1,289 @@
+"""Training entry point: `python -m exp1_assets.training.train spec.json` (under `accelerate launch`).
+
+Reads a `TrainSpec`, trains a freshly initialized model on packed blocks with the HF `Trainer`,
+resumes from the latest checkpoint in `spec.run_dir` if there is one, and on rank 0 writes the
+self-describing checkpoint to `spec.output_dir` (docs/artifacts.md) and reports it through Pipes.
+
+Every rank records its own traceback in `<run_dir>/errors/rank<N>.txt` (runtime.record_errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors, world_size
+from exp1_assets.sizes import get_size
+from exp1_assets.training.spec import TrainSpec
+
+BLOCK_COLUMNS = ("input_ids", "labels", "position_ids")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def load_blocks(path: str, *, max_length: int, vocab_size: int):
+    """Packed blocks (docs/artifacts.md) memory-mapped; fails loudly on a contract mismatch."""
+    from datasets import Dataset
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"packed blocks not found: {path}")
+    blocks = Dataset.from_file(path)
+    missing = [c for c in BLOCK_COLUMNS if c not in blocks.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {blocks.column_names}")
+    if len(blocks) == 0:
+        raise ValueError(f"{path}: no blocks")
+    first = blocks[0]
+    for column in BLOCK_COLUMNS:
+        if len(first[column]) != max_length:
+            raise ValueError(f"{path}: column {column} has length {len(first[column])}, "
+                             f"spec max_length is {max_length}")
+    if max(first["input_ids"]) >= vocab_size:
+        raise ValueError(f"{path}: token id {max(first['input_ids'])} >= tokenizer size {vocab_size}")
+    return blocks.select_columns(list(BLOCK_COLUMNS))
+
+
+def collate_blocks(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Stack equal-length blocks. No attention_mask on purpose: position_ids restart at each
+    document, and with attention_mask=None transformers builds the block-diagonal mask."""
+    return {c: torch.tensor([row[c] for row in rows], dtype=torch.long) for c in BLOCK_COLUMNS}
+
+
+# ---- run setup --------------------------------------------------------------------------------
+
+def resolve_precision(requested: str) -> str:
+    """auto -> bf16 where supported, fp16 on other CUDA devices, fp32 on CPU."""
+    if requested == "fp16" and not torch.cuda.is_available():
+        raise ValueError("precision: fp16 needs a CUDA device (use auto, bf16 or fp32 on CPU)")
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def fused_adamw_available() -> bool:
+    """Probe fused AdamW on the device we train on (CPU support depends on the torch build)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        param = torch.nn.Parameter(torch.zeros(1, device=device))
+        torch.optim.AdamW([param], fused=True)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The highest checkpoint-<step> dir that finished saving (its trainer_state.json exists)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    complete = [p for p in run_dir.iterdir()
+                if CHECKPOINT_RE.match(p.name) and (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)), default=None)
+
+
+def training_arguments(spec: TrainSpec, *, precision: str):
+    from transformers import TrainingArguments
+
+    if spec.report_to == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ValueError("report_to: 'wandb' needs the wandb package installed in the job's env")
+        # Secrets stay in the environment (WANDB_API_KEY); the spec only chooses mode/place.
+        os.environ.setdefault("WANDB_MODE", spec.wandb_mode)
+        os.environ.setdefault("WANDB_PROJECT", spec.wandb_project)
+        os.environ.setdefault("WANDB_DIR", spec.wandb_dir or str(Path(spec.run_dir) / "wandb"))
+    return TrainingArguments(
+        output_dir=spec.run_dir,
+        max_steps=spec.max_steps if spec.max_steps > 0 else -1,
+        num_train_epochs=spec.num_epochs,
+        per_device_train_batch_size=spec.per_device_batch,
+        per_device_eval_batch_size=spec.per_device_batch,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type="cosine",
+        # transformers 5: warmup_steps < 1 is a ratio of the total steps.
+        warmup_steps=spec.warmup_steps if spec.warmup_steps > 0 else spec.warmup_ratio,
+        weight_decay=spec.weight_decay,
+        adam_beta1=spec.adam_beta1,
+        adam_beta2=spec.adam_beta2,
+        max_grad_norm=spec.max_grad_norm,
+        optim="adamw_torch_fused" if fused_adamw_available() else "adamw_torch",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        # transformers 5 name for gradient checkpointing; non-reentrant is the DDP-safe variant.
+        activation_checkpointing=spec.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
+        eval_strategy="steps",
+        eval_steps=spec.eval_steps,
+        prediction_loss_only=True,  # never keep eval logits (vocab x tokens) in memory
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=spec.save_total_limit,
+        logging_steps=spec.logging_steps,
+        logging_first_step=True,
+        report_to=[] if spec.report_to == "none" else [spec.report_to],
+        seed=spec.seed,
+        data_seed=spec.data_seed,
+        dataloader_num_workers=spec.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,  # our collator already selects the three block columns
+        disable_tqdm=True,  # progress goes through the reporter
+    )
+
+
+# ---- results ----------------------------------------------------------------------------------
+
+def params_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over all parameters in name order (compares weights across ranks)."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_version(output_dir: Path) -> str:
+    """Data version of the checkpoint: a hash of the saved safetensors file(s)."""
+    digest = hashlib.sha256()
+    for path in sorted(output_dir.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], reporter: Reporter) -> None:
+    """Rank 0: the self-describing checkpoint + its report (docs/artifacts.md)."""
+    from exp1_assets.training.loss_curve import markdown_image, plot_loss_curve
+
+    output_dir = Path(spec.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.use_cache = True  # off during training only (packed-mask reason above)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id  # <|im_end|>: stop there
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(output_dir)  # safetensors + config.json + generation_config.json
+    tokenizer.save_pretrained(output_dir)  # includes the chat template
+    spec.write(output_dir / "train_spec.json")
+    (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    (output_dir / "train_result.json").write_text(json.dumps(result, indent=2))
+    curve = plot_loss_curve(trainer.state.log_history, path=output_dir / "loss_curve.png",
+                            title=f"{spec.size} ({spec.architecture})")
+    metadata: dict[str, Any] = {k: v for k, v in result.items() if v is not None}
+    metadata["loss_curve"] = {"type": "md", "raw_value": markdown_image(curve)}
+    reporter.report_materialization(metadata=metadata, data_version=weights_version(output_dir))
+
+
+def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
+    from transformers import AutoTokenizer, PrinterCallback, Trainer
+
+    from exp1_assets.training.callbacks import FaultInjectionCallback, ProgressCallback
+    from exp1_assets.training.model import build_model
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_path)
+    if tokenizer.eos_token_id is None or tokenizer.eos_token_id == tokenizer.pad_token_id:
+        raise ValueError(f"{spec.tokenizer_path}: eos ({tokenizer.eos_token!r}) must exist and differ "
+                         f"from pad ({tokenizer.pad_token!r}), or the model never learns to stop")
+    train_blocks = load_blocks(spec.train_path, max_length=spec.max_length, vocab_size=len(tokenizer))
+    validation_blocks = load_blocks(spec.validation_path, max_length=spec.max_length,
+                                    vocab_size=len(tokenizer))
+    model = build_model(get_size(spec.size), architecture=spec.architecture, vocab_size=len(tokenizer),
+                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, dropout=spec.dropout, seed=spec.seed)
+    # With a KV cache, transformers ignores the position_ids-based block-diagonal mask and packed
+    # conversations attend to each other (logits off by up to ~7 on a tiny GPT-2). Training never
+    # needs the cache; it is switched back on for the saved model, where generation wants it.
+    model.config.use_cache = False
+    param_count = sum(p.numel() for p in model.parameters())
+    precision = resolve_precision(spec.precision)
+    progress = ProgressCallback(reporter)
+    trainer = Trainer(
+        model=model, args=training_arguments(spec, precision=precision),
+        train_dataset=train_blocks, eval_dataset=validation_blocks, data_collator=collate_blocks,
+        processing_class=tokenizer,  # lets Trainer count non-pad tokens seen
+        callbacks=[progress, FaultInjectionCallback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; ProgressCallback reports
+    resume_from = latest_checkpoint(spec.run_dir)
+    reporter.log(f"training {spec.size}/{spec.architecture}: {param_count:,} params, {len(train_blocks)} "
+                 f"blocks, world size {world_size()}, precision {precision}, spec {spec.spec_hash()}"
+                 + (f", resuming from {resume_from.name}" if resume_from else ""))
+
+    # Val loss of the initial model (same seed -> same init on a relaunch), cached across resumes.
+    before_file = Path(spec.run_dir) / "val_loss_before.json"
+    if resume_from is not None and before_file.is_file():
+        val_loss_before = json.loads(before_file.read_text())["eval_loss"]
+    else:
+        val_loss_before = trainer.evaluate()["eval_loss"]
+        if trainer.is_world_process_zero():
+            before_file.parent.mkdir(parents=True, exist_ok=True)
+            before_file.write_text(json.dumps({"eval_loss": val_loss_before}))
+
+    train_started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_seconds = time.perf_counter() - train_started
+    last_eval = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if last_eval and last_eval[-1]["step"] == trainer.state.global_step:
+        val_loss_after = last_eval[-1]["eval_loss"]
+    else:
+        val_loss_after = trainer.evaluate()["eval_loss"]
+
+    if spec.debug_rank_hashes:
+        debug_file = Path(spec.run_dir) / "debug" / f"rank{global_rank()}_params.sha256"
+        debug_file.parent.mkdir(parents=True, exist_ok=True)
+        debug_file.write_text(params_digest(trainer.accelerator.unwrap_model(trainer.model)))
+    if not trainer.is_world_process_zero():
+        return None
+
+    resumed_step = int(resume_from.name.split("-")[1]) if resume_from else None
+    tokens_seen = int(trainer.state.num_input_tokens_seen)  # restored on resume: whole run
+    session_tokens = tokens_seen - progress.start_tokens
+    train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    result = {
+        "size": spec.size, "architecture": spec.architecture, "spec_hash": spec.spec_hash(),
+        "final_train_loss": float(train_losses[-1]) if train_losses else float(output.training_loss),
+        "mean_train_loss": float(output.training_loss),
+        "val_loss_before": float(val_loss_before), "val_loss_after": float(val_loss_after),
+        "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0.0),
+        "tokens_seen": tokens_seen,
+        "wall_time_s": float(time.perf_counter() - started), "train_time_s": float(train_seconds),
+        "tokens_per_s": float(session_tokens / max(train_seconds, 1e-9)),
+        "param_count": int(param_count), "resumed_from_step": resumed_step,
+        "world_size": int(world_size()), "precision": precision,
+        "device": str(trainer.args.device),
+    }
+    save_final(trainer=trainer, tokenizer=tokenizer, spec=spec, result=result, reporter=reporter)
+    reporter.log(f"saved {spec.output_dir}: val loss {val_loss_before:.3f} -> {val_loss_after:.3f}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m exp1_assets.training.train SPEC.json", file=sys.stderr)
+        return 2
+    spec = TrainSpec.read(argv[0])
+    with record_errors(spec.run_dir), open_reporter() as reporter:
+        train(spec, reporter=reporter)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

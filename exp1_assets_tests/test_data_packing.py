@@ -1,0 +1,251 @@
+"""Packing invariants: every token once, labels exactly on assistant spans, fixed-length blocks,
+positions restarting per document, and packed logits == unpacked logits (block-diagonal mask)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from exp1_assets.data.chat import IM_END, assistant_spans, render_chatml
+from exp1_assets.data.length_stats import histogram_png, length_analysis, png_markdown
+from exp1_assets.data.packing import (
+    IGNORE_INDEX, build_blocks, pack_best_fit_decreasing, pack_dataset, pack_split, split_overflow,
+    tokenize_conversations,
+)
+from exp1_assets.data.tokenizer import train_bpe_tokenizer
+
+MAX_LENGTH = 64
+WORDS = ["alpha", "beta", "gamma", "delta", " spaced", "naïve", "🎉", "日本", "x=1", "\n", "don't", "42."]
+
+
+def make_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
+    """Chats of very mixed length (some longer than MAX_LENGTH tokens), with tricky starts."""
+    rng = random.Random(seed)
+    chats = []
+    for _ in range(count):
+        chat = [{"role": "system", "content": "Be brief."}] if rng.random() < 0.3 else []
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            words = lambda: " ".join(rng.choices(WORDS, k=rng.choice([1, 3, 8, 30])))  # noqa: E731
+            chat.append({"role": "user", "content": words()})
+            chat.append({"role": "assistant", "content": rng.choice(["", "\n\n", " "]) + words()})
+        chats.append(chat)
+    return chats
+
+
+def write_conversations(path: Path, chats: list[list[dict[str, str]]]) -> Path:
+    pq.write_table(pa.Table.from_pylist([{"messages": chat} for chat in chats]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("packing")
+    train_path = write_conversations(root / "train.parquet", make_conversations(300, seed=0))
+    train_bpe_tokenizer(train_path=train_path, out_dir=root / "tokenizer", vocab_size=400)
+    return AutoTokenizer.from_pretrained(root / "tokenizer")
+
+
+def slow_reference(tokenizer, chat) -> tuple[list[int], list[int]]:
+    """Per-token loop: label a token iff its char span is inside an assistant span; never the first."""
+    text = render_chatml(chat)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = assistant_spans(chat)
+    ids, labels = encoded["input_ids"], []
+    for position, (token, (start, end)) in enumerate(zip(ids, encoded["offset_mapping"])):
+        inside = any(s <= start and end <= e for s, e in spans)
+        labels.append(token if inside and position > 0 else IGNORE_INDEX)
+    return ids, labels
+
+
+def documents_in_blocks(table: dict[str, list], pad_token_id: int) -> list[tuple[tuple, tuple]]:
+    """Cut every block at position_ids == 0; drop the trailing all-pad filler run (checked)."""
+    documents = []
+    for ids, labels, positions in zip(table["input_ids"], table["labels"], table["position_ids"]):
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
+        runs = [(ids[a:b], labels[a:b], positions[a:b]) for a, b in zip(starts, starts[1:])]
+        if all(t == pad_token_id for t in runs[-1][0]):
+            filler = runs.pop()
+            assert set(filler[1]) == {IGNORE_INDEX}
+        for run_ids, run_labels, run_positions in runs:
+            assert list(run_positions) == list(range(len(run_ids)))
+            assert pad_token_id not in run_ids
+            documents.append((tuple(run_ids), tuple(run_labels)))
+    return documents
+
+
+def test_labels_match_slow_reference_and_im_end_is_trained(tokenizer):
+    chats = make_conversations(80, seed=3)
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    for chat, (ids, labels) in zip(chats, tokenize_conversations(tokenizer, chats)):
+        assert ids.dtype == labels.dtype == np.int32
+        assert (ids.tolist(), labels.tolist()) == slow_reference(tokenizer, chat)
+        assistant_turns = sum(m["role"] == "assistant" for m in chat)
+        assert labels.tolist().count(im_end) == assistant_turns  # every assistant <|im_end|> is a target
+        assert labels[0] == IGNORE_INDEX
+    everything = tokenize_conversations(tokenizer, chats[:5], train_on="all")
+    for ids, labels in everything:
+        assert labels[0] == IGNORE_INDEX and (labels[1:] == ids[1:]).all()
+    with pytest.raises(ValueError, match="train_on"):
+        tokenize_conversations(tokenizer, chats[:1], train_on="prompt")
+
+
+def test_best_fit_decreasing_is_valid_and_matches_naive(tmp_path):
+    rng = random.Random(1)
+    for _ in range(20):
+        lengths = [rng.randint(1, 50) for _ in range(rng.randint(1, 200))]
+        blocks = pack_best_fit_decreasing(lengths, 50)
+        assert sorted(i for block in blocks for i in block) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in block) <= 50 for block in blocks)
+        # Naive O(n * blocks) best fit decreasing: same number of blocks and same fill levels.
+        naive: list[int] = []
+        for length in sorted(lengths, reverse=True):
+            fits = [b for b, fill in enumerate(naive) if fill + length <= 50]
+            if fits:
+                naive[max(fits, key=lambda b: naive[b])] += length
+            else:
+                naive.append(length)
+        assert sorted(sum(lengths[i] for i in b) for b in blocks) == sorted(naive)
+    with pytest.raises(ValueError, match="max_length"):
+        pack_best_fit_decreasing([3, 9], 8)
+
+
+def test_overflow_split_loses_no_token():
+    ids = np.arange(10, 35, dtype=np.int32)
+    chunks = split_overflow(ids, ids.copy(), max_length=8)
+    assert [len(c[0]) for c in chunks] == [8, 8, 8, 1]
+    assert np.concatenate([c[0] for c in chunks]).tolist() == ids.tolist()
+    assert all(c[1][0] == IGNORE_INDEX for c in chunks)
+    blocks = build_blocks(chunks, pack_best_fit_decreasing([len(c[0]) for c in chunks], 8), max_length=8,
+                          pad_token_id=0)
+    assert blocks["input_ids"].shape == (4, 8) and int((blocks["input_ids"] != 0).sum()) == 25
+
+
+def test_pack_split_invariants(tokenizer, tmp_path):
+    from datasets import Dataset
+
+    chats = make_conversations(120, seed=7)
+    path = write_conversations(tmp_path / "train.parquet", chats)
+    stats = pack_split(tokenizer=tokenizer, conversations_path=path, out_path=tmp_path / "train.arrow",
+                       max_length=MAX_LENGTH, chunk_rows=50)
+    dataset = Dataset.from_file(str(tmp_path / "train.arrow"))
+    assert dataset.column_names == ["input_ids", "labels", "position_ids"]
+    assert {f.type for f in dataset.data.schema} == {pa.list_(pa.int32())}
+    table = dataset.to_dict()
+    pad = tokenizer.pad_token_id
+    assert len(table["input_ids"]) == stats.blocks
+    assert all(len(row) == MAX_LENGTH for column in table.values() for row in column)
+    for ids, labels in zip(table["input_ids"], table["labels"]):  # a pad is never a target
+        assert all(label == IGNORE_INDEX for token, label in zip(ids, labels) if token == pad)
+
+    # Every real token exactly once, in order, with the reference labels: the packed documents
+    # are exactly the reference conversations cut into MAX_LENGTH chunks.
+    expected = []
+    for chat in chats:
+        ids, labels = slow_reference(tokenizer, chat)
+        for start in range(0, len(ids), MAX_LENGTH):
+            chunk_labels = [IGNORE_INDEX] + labels[start + 1:start + MAX_LENGTH]
+            expected.append((tuple(ids[start:start + MAX_LENGTH]), tuple(chunk_labels)))
+    assert Counter(documents_in_blocks(table, pad)) == Counter(expected)
+
+    lengths = [len(slow_reference(tokenizer, chat)[0]) for chat in chats]
+    too_long = [n for n in lengths if n > MAX_LENGTH]
+    assert too_long, "the test corpus must exercise overflow"
+    assert (stats.conversations, stats.tokens) == (len(chats), sum(lengths))
+    assert (stats.truncated_conversations, stats.overflow_tokens) == (len(too_long), sum(n - MAX_LENGTH for n in too_long))
+    assert stats.loss_tokens == sum(label != IGNORE_INDEX for row in table["labels"] for label in row)
+    assert stats.loss_fraction == pytest.approx(stats.loss_tokens / (stats.blocks * MAX_LENGTH), abs=1e-6)
+    assert stats.padding_fraction == pytest.approx(1 - stats.tokens / (stats.blocks * MAX_LENGTH), abs=1e-6)
+    assert stats.conversations_without_loss == 0 and stats.length_summary["max"] == max(lengths)
+
+
+def test_zero_loss_split_raises_and_counts_lossless(tokenizer, tmp_path):
+    no_assistant = [[{"role": "user", "content": "hello"}]] * 3
+    path = write_conversations(tmp_path / "validation.parquet", no_assistant)
+    with pytest.raises(ValueError, match="split validation has no loss-carrying tokens"):
+        pack_split(tokenizer=tokenizer, conversations_path=path, out_path=tmp_path / "validation.arrow",
+                   max_length=MAX_LENGTH)
+    assert not (tmp_path / "validation.arrow").exists()
+    mixed = write_conversations(tmp_path / "mixed.parquet", no_assistant + make_conversations(4, seed=2))
+    stats = pack_split(tokenizer=tokenizer, conversations_path=mixed, out_path=tmp_path / "mixed.arrow",
+                       max_length=MAX_LENGTH)
+    assert stats.conversations == 7 and stats.conversations_without_loss == 3
+
+
+def test_pack_dataset_writes_meta_and_histogram(tokenizer, tmp_path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    write_conversations(splits / "train.parquet", make_conversations(40, seed=11))
+    write_conversations(splits / "validation.parquet", make_conversations(10, seed=12))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    stats = pack_dataset(tokenizer_dir=tmp_path / "tok", splits_dir=splits, out_dir=tmp_path / "packed",
+                         max_length=MAX_LENGTH, train_on="assistant")
+    meta = json.loads((tmp_path / "packed" / "meta.json").read_text())
+    assert (meta["max_length"], meta["pad_token_id"], meta["vocab_size"]) == (MAX_LENGTH, tokenizer.pad_token_id, len(tokenizer))
+    assert meta["splits"]["train"]["conversations"] == 40 == stats["train"].conversations
+    assert meta["length_analysis"]["validation"]["count"] == 10
+    assert (tmp_path / "packed" / "train.arrow").exists() and (tmp_path / "packed" / "validation.arrow").exists()
+    assert png_markdown(tmp_path / "packed" / "length_histogram.png").startswith("![histogram](data:image/png;base64,iVBOR")
+
+
+def test_length_analysis_and_histogram(tmp_path):
+    import matplotlib.pyplot as plt
+
+    summary = length_analysis([50, 127, 128, 300, 600, 1500, 2048, 5000])
+    assert list(summary["buckets"].values()) == [2, 1, 1, 1, 1, 2]
+    assert (summary["min"], summary["max"], summary["median"], summary["count"]) == (50, 5000, 450.0, 8)
+    assert length_analysis([])["count"] == 0
+    image = plt.imread(histogram_png([10, 20, 20, 300], path=tmp_path / "h.png", title="t"))
+    assert image.shape[:2] == (300, 600)
+
+
+def _tiny_gpt2(vocab_size: int):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=MAX_LENGTH, n_embd=32, n_layer=2, n_head=2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    config._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(config).eval()
+
+
+def test_packed_logits_equal_unpacked(tokenizer, tmp_path):
+    """The block-diagonal claim: restart position_ids + attention_mask=None + use_cache=False.
+
+    With the default use_cache=True (transformers 5.x) a cache is created, packed-sequence
+    detection is skipped and documents DO attend to each other: training must disable the cache.
+    """
+    import torch
+
+    path = write_conversations(tmp_path / "c.parquet", make_conversations(30, seed=5))
+    pack_split(tokenizer=tokenizer, conversations_path=path, out_path=tmp_path / "c.arrow", max_length=MAX_LENGTH)
+    reader = pa.ipc.open_stream(str(tmp_path / "c.arrow")).read_all().to_pydict()
+    model = _tiny_gpt2(len(tokenizer))
+    checked = 0
+    for row in range(len(reader["input_ids"])):
+        ids = torch.tensor([reader["input_ids"][row]])
+        positions = torch.tensor([reader["position_ids"][row]])
+        starts = (positions[0] == 0).nonzero().flatten().tolist() + [MAX_LENGTH]
+        if len(starts) < 3:
+            continue  # a single document + filler proves nothing about cross-attention
+        with torch.no_grad():
+            packed = model(input_ids=ids, position_ids=positions, attention_mask=None, use_cache=False).logits[0]
+            leaky = model(input_ids=ids, position_ids=positions, attention_mask=None, use_cache=True).logits[0]
+            alone = torch.cat([model(input_ids=ids[:, a:b], use_cache=False).logits[0]
+                               for a, b in zip(starts, starts[1:])])
+        assert (packed - alone).abs().max().item() < 1e-4
+        assert (leaky - alone).abs().max().item() > 1e-3  # the trap documented above
+        checked += 1
+    assert checked >= 3

@@ -1,0 +1,228 @@
+"""Report writers (escaping, HTML that parses), prompt loading, comparison, and both jobs end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from eval_tiny_model import chat_rows, make_checkpoint, make_tokenizer, packed_blocks
+from exp1_assets.evaluation import comparison, prompts, reports, sample_analysis
+from exp1_assets.evaluation.evaluate_job import EvalSpec
+from exp1_assets.evaluation.sample_job import SampleSpec
+
+REPO = Path(__file__).resolve().parents[1]
+EVIL = "<script>alert('x')</script> {css} | **bold** ``` {0} }"
+
+
+class TextCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def sample_rows() -> list[dict]:
+    return [
+        {"category": "code", "prompt": "Write code {x}", "temperature": 0.7, "variation": 0, "seed": 0,
+         "text": EVIL, "n_tokens": 12, "stopped": True},
+        {"category": "qa", "prompt": "Why?", "temperature": 1.0, "variation": 1, "seed": 1,
+         "text": "- one\n- two 3 items.", "n_tokens": 7, "stopped": False},
+    ]
+
+
+def test_samples_html_parses_and_escapes_model_output(tmp_path):
+    samples = sample_rows()
+    analysis = sample_analysis.analyze(samples)
+    paths = reports.write_samples(tmp_path, samples=samples, analysis=analysis, title="T {braces} <b>")
+    page = paths["html"].read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    parser = TextCollector()
+    parser.feed(page)
+    assert "script" not in parser.tags and parser.tags.count("pre") == 2
+    assert EVIL in "".join(parser.text)  # the text survives intact, braces included
+    assert "{css}" in page and "body {" in page  # CSS braces untouched by any formatting
+    assert [json.loads(line)["text"] for line in paths["jsonl"].read_text().splitlines()] == [EVIL, samples[1]["text"]]
+    md = paths["md"].read_text()
+    assert "````\n" + EVIL + "\n````" in md  # fence longer than the model's own ```
+
+
+def test_markdown_escaping_and_worst_best_table():
+    assert reports.md_escape("a|b\n<i>") == "a\\|b ⏎ &lt;i&gt;"
+    preds = [{"prompt": f"p{i}", "reference": "ref", "prediction": EVIL if i == 0 else f"x{i}",
+              "rouge_l": r, "bleu": 10.0 * r} for i, r in enumerate([0.0, 0.9, 0.5, 0.2])]
+    table = reports.worst_and_best_rows(preds, 2)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 4 and all(line.count(" | ") == 5 for line in lines)  # no cell broke the table
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| worst", "| worst", "| best", "| best"]
+    assert "<script>" not in table and "p1" in lines[4]  # best row first = highest ROUGE-L
+
+
+def test_sample_analysis_features():
+    rows = sample_analysis.analyze(sample_rows() + [
+        {"category": "qa", "text": "go go go go go go", "stopped": True}])
+    qa = next(r for r in rows if r["category"] == "qa")
+    assert qa["n"] == 2 and qa["repetitive"] == 0.5 and qa["bullet_list"] == 0.5 and qa["numbers"] == 0.5
+    assert qa["stopped"] == 0.5 and qa["words_mean"] == pytest.approx((6 + 6) / 2)
+    assert rows[-1]["category"] == "all" and rows[-1]["n"] == 3
+    code = next(r for r in rows if r["category"] == "code")
+    assert code["code_block"] == 1.0
+
+
+def test_load_prompts_reports_file_line_and_problem(tmp_path):
+    assert {p["category"] for p in prompts.DEFAULT_PROMPTS} == set(prompts.CATEGORIES)
+    assert all(sum(p["category"] == c for p in prompts.DEFAULT_PROMPTS) >= 3 for c in prompts.CATEGORIES)
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"category": "qa", "prompt": "Hi"}\n\n{"category": "qa"}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:3: field 'prompt' must be a non-empty string"):
+        prompts.load_prompts(inline=None, path=str(path))
+    path.write_text('{"category": "qa", "prompt": "Hi"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: invalid JSON"):
+        prompts.load_prompts(inline=None, path=str(path))
+    path.write_text('{"category": "qa", "prompt": "Hi"}\n')
+    assert prompts.load_prompts(inline=None, path=str(path)) == [{"category": "qa", "prompt": "Hi"}]
+
+
+def test_compare_sizes_lists_missing_and_plots(tmp_path):
+    history = [{"step": 10, "loss": 3.0}, {"step": 10, "eval_loss": 2.5}, {"step": 20, "eval_loss": 2.0}]
+    result = comparison.compare_sizes(
+        reports={"tiny": {"metrics": {"perplexity": 12.0, "rouge_l": 0.35, "bleu": 20.0}},
+                 "125M": {"metrics": {"perplexity": 30.0, "rouge_l": 0.2, "bleu": 10.0}}},
+        training={"tiny": {"param_count": 3_000_000, "tokens_seen": 1000, "wall_time_s": 10.0},
+                  "125M": {"param_count": 124_000_000, "tokens_seen": 5000, "wall_time_s": 100.0,
+                           "tokens_per_s": 55.0}},
+        loss_histories={"tiny": history, "125M": history}, out_dir=tmp_path, all_sizes=["tiny", "125M", "350M"])
+    assert result["missing_sizes"] == ["350M"] and result["num_sizes"] == 2
+    tiny, big = result["rows"]
+    assert (tiny["ppl_pass"], tiny["rouge_l_pass"], big["ppl_pass"], big["rouge_l_pass"]) == (True, True, False, False)
+    assert tiny["tokens_per_s"] == 100.0 and big["tokens_per_s"] == 55.0  # derived only when absent
+    assert tiny["final_val_loss"] == 2.0 and tiny["final_train_loss"] == 3.0
+    for name in ("comparison.json", "comparison.md", *json.loads((tmp_path / "comparison.json").read_text())["plots"].values()):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "350M" in (tmp_path / "comparison.md").read_text()
+    empty = comparison.compare_sizes(reports={}, training={}, loss_histories={}, out_dir=tmp_path / "e", all_sizes=["tiny"])
+    assert empty["missing_sizes"] == ["tiny"] and empty["rows"] == []
+
+
+def test_specs_validate_and_round_trip(tmp_path):
+    spec = SampleSpec(checkpoint_path="c", output_dir="o", run_dir="r", prompts=({"category": "a", "prompt": "b"},))
+    assert SampleSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="top_p"):
+        SampleSpec(checkpoint_path="c", output_dir="o", run_dir="r", top_p=0.0)
+    with pytest.raises(ValueError, match="temperatures"):
+        SampleSpec(checkpoint_path="c", output_dir="o", run_dir="r", temperatures=())
+    espec = EvalSpec(checkpoint_path="c", validation_path="v", test_path="t", output_dir="o", run_dir="r")
+    assert EvalSpec.from_json(espec.to_json()) == espec and espec.num_samples == 1000
+    with pytest.raises(ValueError, match="num_samples"):
+        EvalSpec(checkpoint_path="c", validation_path="v", test_path="t", output_dir="o", run_dir="r", num_samples=-1)
+    with pytest.raises(ValueError, match="unknown EvalSpec field"):
+        EvalSpec.from_json(json.dumps({**espec.to_dict(), "bogus": 1}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Both jobs as `python -m ...` on the tiny random model
+# ---------------------------------------------------------------------------------------------
+def write_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    checkpoint = make_checkpoint(tmp_path / "checkpoint")
+    blocks = packed_blocks(make_tokenizer(), n_blocks=3, max_length=64)
+    schema = pa.schema([(c, pa.list_(pa.int32())) for c in ("input_ids", "labels", "position_ids")])
+    validation = tmp_path / "validation.arrow"
+    with pa.OSFile(str(validation), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(pa.Table.from_pylist(blocks, schema=schema))
+    test = tmp_path / "test.parquet"
+    rows = [{"id": f"t{i}", **row} for i, row in enumerate(chat_rows(10))]
+    pq.write_table(pa.Table.from_pylist(rows), test)
+    return checkpoint, validation, test
+
+
+def run_job(module: str, spec_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", module, str(spec_path)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=str(REPO))
+
+
+def test_evaluate_and_sample_jobs_end_to_end(tmp_path):
+    checkpoint, validation, test = write_inputs(tmp_path)
+    spec = EvalSpec(checkpoint_path=str(checkpoint), validation_path=str(validation), test_path=str(test),
+                    output_dir=str(tmp_path / "eval"), run_dir=str(tmp_path / "run"), num_samples=6,
+                    max_new_tokens=8, generation_batch_size=4)
+    proc = run_job("exp1_assets.evaluation.evaluate_job", spec.write(tmp_path / "eval_spec.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["num_samples"] == 6 and metrics["validation_blocks"] == 3
+    assert metrics["perplexity"] > 50  # a random model over a 400-token vocabulary
+    assert 0 < metrics["bits_per_byte"] and math.isfinite(metrics["perplexity_all_tokens"])
+    assert set(report["exact_accuracy"]) == {"addition", "arithmetic", "all"}
+    assert report["exact_accuracy"]["all"]["total"] == 6
+    assert report["checks"]["perplexity_below_threshold"]["passed"] is False
+    assert report["bleu_signature"].startswith("nrefs:1")
+    preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and {"prompt", "reference", "prediction", "rouge_l", "bleu"} <= set(preds[0])
+    assert "Worst and best rows" in (tmp_path / "eval" / "report.md").read_text()
+
+    sspec = SampleSpec(checkpoint_path=str(checkpoint), output_dir=str(tmp_path / "samples"),
+                       run_dir=str(tmp_path / "run"), temperatures=(0.7, 1.0), variations=2, max_new_tokens=8,
+                       prompts=({"category": "qa", "prompt": "Why?"}, {"category": "code", "prompt": "Write {x}"}))
+    proc = run_job("exp1_assets.evaluation.sample_job", sspec.write(tmp_path / "sample_spec.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (tmp_path / "samples" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 2
+    first = (tmp_path / "samples" / "samples.jsonl").read_text()
+    TextCollector().feed((tmp_path / "samples" / "samples.html").read_text())
+    assert "## Analysis" in (tmp_path / "samples" / "samples.md").read_text()
+    # Seeded: a rerun writes the same samples.
+    proc = run_job("exp1_assets.evaluation.sample_job", tmp_path / "sample_spec.json")
+    assert proc.returncode == 0 and (tmp_path / "samples" / "samples.jsonl").read_text() == first
+
+
+def test_job_failure_is_recorded_in_run_dir(tmp_path):
+    spec = EvalSpec(checkpoint_path=str(tmp_path / "nope"), validation_path="v", test_path="t",
+                    output_dir=str(tmp_path / "eval"), run_dir=str(tmp_path / "run"))
+    proc = run_job("exp1_assets.evaluation.evaluate_job", spec.write(tmp_path / "spec.json"))
+    assert proc.returncode != 0
+    error = (tmp_path / "run" / "errors" / "rank0.txt").read_text()
+    assert "checkpoint_path" in error and "no config.json" in error
+
+
+class FakeReporter:
+    def __init__(self) -> None:
+        self.metadata, self.lines = None, []
+
+    def log(self, message):
+        self.lines.append(message)
+
+    def report_materialization(self, *, metadata, data_version=None):
+        self.metadata = metadata
+
+
+def test_evaluation_metadata_has_the_headline_keys_as_floats(tmp_path):
+    from exp1_assets.evaluation.evaluate_job import evaluate
+
+    checkpoint, validation, test = write_inputs(tmp_path)
+    spec = EvalSpec(checkpoint_path=str(checkpoint), validation_path=str(validation), test_path=str(test),
+                    output_dir=str(tmp_path / "eval"), run_dir=str(tmp_path / "run"), num_samples=4,
+                    max_new_tokens=4, run_probes=False)
+    reporter = FakeReporter()
+    evaluate(spec, reporter=reporter)
+    keys = ["perplexity", "perplexity_all_tokens", "bits_per_byte", "rouge1", "rouge2", "rouge_l", "bleu", "chrf",
+            "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu", "exact_accuracy"]
+    assert all(type(reporter.metadata[k]) is float for k in keys)
+    assert reporter.metadata["num_samples"] == 4 and reporter.metadata["bleu_signature"].startswith("nrefs:1")
+    assert reporter.metadata["worst_and_best_rows"]["type"] == "md"
+    assert math.isnan(reporter.metadata["probe_accuracy"])  # probes off: reported as NaN, not 0
+    assert any(line.startswith("perplexity ") for line in reporter.lines)
