@@ -9,11 +9,14 @@ from dagster import Definitions
 from exp1_assets.defs.data_assets import conversation_splits, packed_dataset, raw_conversations, tokenizer
 from exp1_assets.defs.evaluation_assets import evaluation_report, sample_set, size_comparison
 from exp1_assets.defs.launcher import JobLauncher
+from exp1_assets.defs.schedules import data_job, experiment_job, weekly_experiment
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.defs.training_assets import model_checkpoint
 
 defs = Definitions(
     assets=[raw_conversations, conversation_splits, tokenizer, packed_dataset,
             model_checkpoint, evaluation_report, sample_set, size_comparison],
+    jobs=[experiment_job, data_job],
+    schedules=[weekly_experiment],
     resources={"store": ArtifactStore(), "launcher": JobLauncher()},
 )

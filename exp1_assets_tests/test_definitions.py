@@ -1,0 +1,91 @@
+"""The definitions load, the graph has its shape, and the layers keep their boundaries."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import AssetKey, Definitions
+
+PACKAGE = Path(__file__).resolve().parents[1] / "exp1_assets"
+EXPECTED_GROUPS = {
+    "raw_conversations": "data", "conversation_splits": "data", "tokenizer": "data", "packed_dataset": "data",
+    "model_checkpoint": "training", "evaluation_report": "evaluation", "sample_set": "evaluation",
+    "size_comparison": "reporting",
+}
+
+
+def test_definitions_load_and_validate() -> None:
+    from exp1_assets.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(EXPECTED_GROUPS)
+    for name, group in EXPECTED_GROUPS.items():
+        assert graph.get(AssetKey(name)).group_name == group
+
+
+def test_partitioned_assets_use_the_size_registry() -> None:
+    from exp1_assets.definitions import defs
+    from exp1_assets.sizes import SIZES
+
+    graph = defs.resolve_asset_graph()
+    for name in ("model_checkpoint", "evaluation_report", "sample_set"):
+        node = graph.get(AssetKey(name))
+        assert node.partitions_def is not None
+        assert node.partitions_def.get_partition_keys() == list(SIZES) == ["tiny", "125M", "350M", "500M", "1B", "1.5B"]
+        assert node.pools == {"gpu"}
+    assert graph.get(AssetKey("size_comparison")).partitions_def is None
+
+
+def test_checks_are_declared() -> None:
+    from exp1_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == {
+        ("raw_conversations", "quarantine_rate_ok"), ("conversation_splits", "no_split_overlap"),
+        ("tokenizer", "tokenizer_roundtrip"), ("packed_dataset", "blocks_well_formed"),
+        ("model_checkpoint", "loss_finite"), ("model_checkpoint", "validation_loss_decreased"),
+        ("evaluation_report", "perplexity_below_threshold"), ("evaluation_report", "rouge_l_above_threshold"),
+    }
+
+
+def test_code_server_import_stays_light() -> None:
+    """Loading the definitions must not import torch/transformers/datasets: every UI reload does it."""
+    code = ("import sys, exp1_assets.definitions; "
+            "print(sorted(m for m in ('torch','transformers','datasets','pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_library_layers_never_import_dagster() -> None:
+    """data/, training/, evaluation/ (and the jobs' runtime) are plain Python: only dagster_pipes."""
+    files = [p for layer in ("data", "training", "evaluation") for p in (PACKAGE / layer).rglob("*.py")]
+    files += [PACKAGE / "runtime.py", PACKAGE / "sizes.py"]
+    assert len(files) > 10
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(m for m in _imported_modules(p) if m == "dagster" or m.startswith("dagster."))
+        for p in files
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_layering_check_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nfrom dagster import asset\n")
+    assert "dagster" in _imported_modules(bad)
