@@ -33,6 +33,7 @@ from dagster import (
 from pydantic import Field
 
 from exp1_assets.defs.jobs import JobHandle, LocalJob, accelerate_args, free_port
+from exp1_assets.defs.slurm import SbatchRequest, SlurmJob, render_sbatch
 
 
 class JobLauncher(ConfigurableResource):
@@ -50,6 +51,18 @@ class JobLauncher(ConfigurableResource):
         default=0.0, description="Fail a job that prints and reports nothing for this long (0 = off)"
     )
     poll_interval_s: float = 0.5
+    # backend="slurm" (see slurm.py): one sbatch job, one `accelerate launch` per node.
+    nodes: int = Field(default=1, description="slurm: nodes per job")
+    gpus_per_node: int = Field(default=0, description="slurm: GPUs per node (0 = CPU, 1 process per node)")
+    cpus_per_task: int = Field(default=0, description="slurm: CPUs per node's launcher task (0 = Slurm's default)")
+    partition: str = Field(default="", description="slurm: --partition")
+    account: str = Field(default="", description="slurm: --account")
+    time_limit: str = Field(default="", description="slurm: --time, e.g. 2-00:00:00")
+    extra_sbatch_lines: list[str] = Field(default_factory=list, description="slurm: more '--option' lines")
+    setup_script: str = Field(default="", description="slurm: shell lines run before launch (module load, venv)")
+    shared_dir: str = Field(
+        default="", description="slurm: where scripts, job logs and Pipes messages go (default: the run dir)"
+    )
 
     def processes_per_machine(self) -> int:
         if self.num_processes > 0:
@@ -66,6 +79,9 @@ class JobLauncher(ConfigurableResource):
         num_processes: int | None = None,
     ) -> list[PipesExecutionResult]:
         """Launch `python -m module spec_path` and return what rank 0 reported through Pipes."""
+        if self.backend == "slurm":
+            return self._run_slurm(context, module=module, spec_path=spec_path, run_dir=run_dir,
+                                   num_processes=num_processes)
         if self.backend != "local":
             raise Failure(f"JobLauncher.backend={self.backend!r} is not available", allow_retries=False)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +111,66 @@ class JobLauncher(ConfigurableResource):
             self._follow(context, job=job, messages=messages, run_dir=run_dir)
         return list(session.get_results())
 
+    def _run_slurm(
+        self,
+        context: AssetExecutionContext,
+        *,
+        module: str,
+        spec_path: Path,
+        run_dir: Path,
+        num_processes: int | None,
+    ) -> list[PipesExecutionResult]:
+        """Submit an sbatch job; the job id and script go into the materialization's metadata."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run_dir / "errors", ignore_errors=True)  # errors of an earlier attempt
+        shared = Path(self.shared_dir).expanduser() if self.shared_dir else run_dir
+        shared.mkdir(parents=True, exist_ok=True)
+        tag = uuid.uuid4().hex[:8]
+        messages = shared / f"pipes-{tag}.jsonl"
+        partition_key = context.partition_key if context.has_partition_key else ""
+        request = self.sbatch_request(
+            job_name="-".join(x for x in ("exp1", module.rsplit(".", 1)[-1], partition_key) if x),
+            module=module, spec_path=spec_path, log_path=shared / f"slurm-{tag}-%j.log",
+            num_processes=num_processes,
+        )
+        script = render_sbatch(request)
+        script_path = shared / f"slurm-{tag}.sbatch"
+        script_path.write_text(script)
+        with open_pipes_session(
+            context=context,
+            context_injector=PipesEnvContextInjector(),
+            message_reader=PipesFileMessageReader(str(messages)),
+        ) as session:
+            env = {**os.environ, **self.extra_env, **session.get_bootstrap_env_vars(),
+                   "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+            try:
+                job = SlurmJob.submit(script_path=script_path, log_path_template=request.log_path, env=env)
+            except RuntimeError as exc:
+                raise Failure(str(exc), allow_retries=False) from exc
+            context.log.info(f"submitted Slurm job {job.job_id} ({request.nodes} node(s) x "
+                             f"{request.processes_per_node} process(es)): {script_path}; log {job.log_path}")
+            context.add_output_metadata(
+                {"slurm_job_id": job.job_id, "sbatch_script": MetadataValue.md(_code(script)),
+                 "slurm_log": MetadataValue.path(str(job.log_path))},
+                output_name=context.assets_def.get_output_name_for_asset_key(context.asset_key),
+            )
+            self._follow(context, job=job, messages=messages, run_dir=run_dir)
+        return list(session.get_results())
+
+    def sbatch_request(
+        self, *, job_name: str, module: str, spec_path: Path, log_path: Path, num_processes: int | None = None
+    ) -> SbatchRequest:
+        """This launcher's Slurm settings as a request (`render_sbatch` turns it into the script)."""
+        return SbatchRequest(
+            job_name=job_name, module=module, spec_path=str(spec_path), log_path=str(log_path),
+            python=self.python or sys.executable, nodes=self.nodes,
+            processes_per_node=num_processes or self.num_processes or self.gpus_per_node or 1,
+            gpus_per_node=self.gpus_per_node, cpus_per_task=self.cpus_per_task,
+            partition=self.partition, account=self.account, time_limit=self.time_limit,
+            extra_sbatch_lines=tuple(self.extra_sbatch_lines), setup_script=self.setup_script,
+            mixed_precision=self.mixed_precision, accelerate_config_file=self.accelerate_config_file,
+        )
+
     def _follow(
         self, context: AssetExecutionContext, *, job: JobHandle, messages: Path, run_dir: Path
     ) -> None:
@@ -123,6 +199,7 @@ def job_failure(*, job: JobHandle, code: int, run_dir: Path) -> Failure:
     """The real error: the first failing rank's traceback, else the tail of the job's log."""
     rank_errors = sorted((run_dir / "errors").glob("rank*.txt"), key=lambda p: int(p.stem[4:]))
     tail = job.log_tail()
+    headline = ""
     if rank_errors:
         first = rank_errors[0].read_text(errors="replace")
         headline = first.splitlines()[0] if first else rank_errors[0].name
@@ -134,7 +211,13 @@ def job_failure(*, job: JobHandle, code: int, run_dir: Path) -> Failure:
         "failed_ranks": MetadataValue.text(", ".join(p.stem for p in rank_errors) or "unknown"),
         "log_tail": MetadataValue.md(_code(tail)),
     }
-    return Failure(description=description, metadata=metadata)
+    # A killed process (OOM killer, lost node, preemption) is worth a retry: it resumes from its
+    # checkpoint. A job that rejected its own spec fails the same way every time: don't retry.
+    deterministic = any(f": {name}:" in headline for name in DETERMINISTIC_ERRORS)
+    return Failure(description=description, metadata=metadata, allow_retries=not deterministic)
+
+
+DETERMINISTIC_ERRORS = ("ValueError", "TypeError", "KeyError", "FileNotFoundError", "NotImplementedError")
 
 
 def visible_gpus() -> int:

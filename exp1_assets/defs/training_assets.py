@@ -19,6 +19,7 @@ from dagster import (
     Backoff,
     Config,
     DataVersion,
+    Failure,
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
@@ -117,7 +118,11 @@ def model_checkpoint(
 ) -> MaterializeResult:
     size = context.partition_key
     with store.staging("model_checkpoint", size) as out:
-        spec = build_train_spec(config, size=size, store=store, output_dir=str(out))
+        try:
+            spec = build_train_spec(config, size=size, store=store, output_dir=str(out))
+        except (ValueError, FileNotFoundError) as error:
+            # A bad config or a missing upstream fails the same way on every attempt: no retry.
+            raise Failure(f"model_checkpoint[{size}]: {error}", allow_retries=False) from error
         spec_path = _write_spec(spec)
         context.log.info(f"training {size} (spec {spec.spec_hash()}), run dir {spec.run_dir}")
         reported = launcher.run(context, module=TRAIN_MODULE, spec_path=spec_path,

@@ -1,0 +1,270 @@
+"""The Slurm backend: an sbatch script that starts one `accelerate launch` per node, and its handle.
+
+The launcher (`launcher.py`) writes the script that `render_sbatch` returns, submits it with
+`sbatch --parsable` where the Slurm client commands work (no SSH layer), and follows the job
+through `SlurmJob`, which implements the same `JobHandle` protocol as a local process group.
+
+Nothing secret is ever written to the script: the Dagster Pipes context, `extra_env` and the
+caller's environment reach the job through sbatch's `--export=ALL`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from exp1_assets.defs.jobs import accelerate_args
+
+# Job states in which the job (or its cleanup) is still going on; anything else is final.
+ACTIVE_STATES = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+    "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+})
+_TIME_LIMIT = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, H:M:S, D-H, D-H:M:S, ...
+_COMMAND_TIMEOUT_S = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SbatchRequest:
+    """Everything the sbatch script says: resources, setup and the per-node launch command."""
+
+    job_name: str
+    module: str
+    spec_path: str
+    log_path: str  # may contain %j (the job id)
+    python: str = "python"
+    nodes: int = 1
+    processes_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 0
+    partition: str = ""
+    account: str = ""
+    time_limit: str = ""
+    extra_sbatch_lines: tuple[str, ...] = ()
+    setup_script: str = ""
+    mixed_precision: str = "no"
+    accelerate_config_file: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("job_name", "module", "spec_path", "log_path", "python"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name}: must not be empty")
+        for name, minimum in (("nodes", 1), ("processes_per_node", 1), ("gpus_per_node", 0),
+                              ("cpus_per_task", 0)):
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name}: {getattr(self, name)} is below {minimum}")
+        if self.time_limit and not _TIME_LIMIT.match(self.time_limit):
+            raise ValueError(f"time_limit: {self.time_limit!r} is not a Slurm time (e.g. 90, 12:00:00, 2-00:00:00)")
+        for line in self.extra_sbatch_lines:
+            if "\n" in line or not line.strip().startswith(("#SBATCH", "--")):
+                raise ValueError(f"extra_sbatch_lines: {line!r} is not one '--option' or '#SBATCH --option' line")
+
+    @property
+    def num_processes(self) -> int:
+        return self.nodes * self.processes_per_node
+
+
+def render_sbatch(request: SbatchRequest) -> str:
+    """The batch script: #SBATCH header, setup lines, then `srun` = one `accelerate launch` per node.
+
+    >>> script = render_sbatch(SbatchRequest(job_name="exp1-train", module="m", spec_path="/s/spec.json",
+    ...                                      log_path="/s/slurm-%j.log", nodes=2))
+    >>> "#SBATCH --nodes=2" in script and "--machine_rank \\"$SLURM_NODEID\\"" in script
+    True
+    """
+    r = request
+    header = [
+        f"--job-name={r.job_name}",
+        f"--nodes={r.nodes}",
+        "--ntasks-per-node=1",  # one launcher per node; accelerate starts the per-GPU ranks
+        f"--gpus-per-node={r.gpus_per_node}" if r.gpus_per_node else "",
+        f"--cpus-per-task={r.cpus_per_task}" if r.cpus_per_task else "",
+        f"--partition={r.partition}" if r.partition else "",
+        f"--account={r.account}" if r.account else "",
+        f"--time={r.time_limit}" if r.time_limit else "",
+        f"--output={r.log_path}",  # stdout and stderr of every node, in one file on the shared fs
+        "--open-mode=append",
+        "--export=ALL",  # the Pipes context and secrets travel in the environment, not in this file
+    ]
+    lines = ["#!/bin/bash"] + [f"#SBATCH {h}" for h in header if h]
+    lines += [x.strip() if x.strip().startswith("#SBATCH") else f"#SBATCH {x.strip()}" for x in r.extra_sbatch_lines]
+    lines += ["# Written by exp1_assets (JobLauncher backend=slurm); the environment comes from sbatch.",
+              "set -eo pipefail  # no -u: module/venv activation scripts often read unset variables", ""]
+    if r.setup_script.strip():
+        lines += ["# setup_script", *r.setup_script.strip().splitlines(), ""]
+    lines += [
+        "# Rendezvous on the first node: its name if it resolves here, else its NodeAddr.",
+        'MAIN_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
+        'if ! getent hosts "$MAIN_HOST" >/dev/null; then',
+        '  MAIN_HOST=$(scontrol show node "$MAIN_HOST" -o | sed -n \'s/.*NodeAddr=\\([^ ]*\\).*/\\1/p\')',
+        "fi",
+        f"MAIN_PORT=$({shlex.quote(r.python)} -c {shlex.quote(_FREE_PORT_CODE)})",
+        "export MAIN_HOST MAIN_PORT",
+        'echo "exp1: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, rendezvous $MAIN_HOST:$MAIN_PORT" >&2',
+        "",
+        "# --kill-on-bad-exit: a failed node stops the others instead of leaving them in a collective.",
+        f"srun {' '.join(_srun_flags(r))} \\",
+        f"  bash -c {shlex.quote(_node_command(r))}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_FREE_PORT_CODE = 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+
+
+def _srun_flags(r: SbatchRequest) -> list[str]:
+    # Slurm 22.05 steps do not inherit --cpus-per-task / GPUs from the batch job: repeat them.
+    flags = ['--nodes="$SLURM_NNODES"', "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    if r.cpus_per_task:
+        flags.append(f"--cpus-per-task={r.cpus_per_task}")
+    if r.gpus_per_node:
+        flags.append(f"--gpus-per-node={r.gpus_per_node}")
+    return flags
+
+
+def _node_command(r: SbatchRequest) -> str:
+    """What each node runs: `accelerate launch` with this node's rank (expanded on the node)."""
+    args = accelerate_args(
+        num_processes=r.num_processes,
+        num_machines=r.nodes,
+        machine_rank="$SLURM_NODEID",
+        main_process_ip="$MAIN_HOST",
+        main_process_port="$MAIN_PORT",
+        mixed_precision=r.mixed_precision,
+        config_file=r.accelerate_config_file,
+    )
+    args[args.index("--num_machines") + 1] = "$SLURM_NNODES"  # = nodes: sbatch got exactly that many
+    cmd = [r.python, "-m", "accelerate.commands.launch", *args, "-m", r.module, r.spec_path]
+    return "exec " + " ".join(f'"{a}"' if re.fullmatch(r"\$[A-Z_]+", a) else shlex.quote(a) for a in cmd)
+
+
+class SlurmJob:
+    """A submitted batch job, followed with `squeue` / `scontrol show job` (no accounting needed)."""
+
+    def __init__(self, job_id: str, log_path: Path) -> None:
+        self.job_id = job_id
+        self.log_path = log_path
+        self.state = "SUBMITTED"
+        self.exit_code = ""
+        self._log_offset = 0
+        self._tail: collections.deque[str] = collections.deque(maxlen=200)
+        self._query_failures = 0
+
+    @classmethod
+    def submit(cls, *, script_path: Path, log_path_template: str, env: dict[str, str]) -> "SlurmJob":
+        """`sbatch --parsable script`; the environment `env` is exported into the job."""
+        out = _slurm(["sbatch", "--parsable", str(script_path)], env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"sbatch {script_path} failed (exit {out.returncode}): {out.stderr.strip()}")
+        job_id = out.stdout.strip().split(";")[0]  # "<id>" or "<id>;<cluster>"
+        if not job_id.isdigit():
+            raise RuntimeError(f"sbatch {script_path} printed no job id: {out.stdout!r}")
+        return cls(job_id, Path(log_path_template.replace("%j", job_id)))
+
+    def poll(self) -> int | None:
+        """None while the job is queued, running or cleaning up; then its exit code (0 = COMPLETED)."""
+        self._pump_log()
+        queued = _slurm(["squeue", "-h", "-j", self.job_id, "-o", "%T"])
+        if queued.returncode == 0 and queued.stdout.strip() in ACTIVE_STATES:
+            self.state = queued.stdout.strip()
+            return None
+        shown = _slurm(["scontrol", "show", "job", "-o", self.job_id])
+        if shown.returncode != 0:
+            if "Invalid job id" in shown.stderr:  # purged after MinJobAge: the outcome is lost
+                self.state = "UNKNOWN (purged from slurmctld)"
+                return 1
+            return self._transient(shown.stderr)
+        fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+        self.state = fields.get("JobState", "UNKNOWN")
+        self.exit_code = fields.get("ExitCode", "")
+        if self.state in ACTIVE_STATES:
+            return None
+        self._pump_log()  # the last lines (a traceback) before the launcher reports
+        return _exit_status(self.state, self.exit_code)
+
+    def _transient(self, error: str) -> int | None:
+        """slurmctld busy or restarting: keep polling, but not forever."""
+        self._query_failures += 1
+        if self._query_failures > 100:
+            raise RuntimeError(f"cannot query Slurm job {self.job_id}: {error.strip()}")
+        return None
+
+    def cancel(self, *, timeout_s: float = 120.0) -> None:
+        """`scancel` the job and wait until it has left `squeue` (its processes are gone)."""
+        _slurm(["scancel", self.job_id])
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            queued = _slurm(["squeue", "-h", "-j", self.job_id, "-o", "%T"])
+            if queued.returncode == 0 and not queued.stdout.strip():
+                break
+            if queued.returncode != 0 and "Invalid job id" in queued.stderr:
+                break
+            time.sleep(0.5)
+        else:
+            print(f"Slurm job {self.job_id} still in squeue {timeout_s:.0f} s after scancel", file=sys.stderr)
+        self.state = "CANCELLED"
+        self._pump_log()
+
+    def describe(self) -> str:
+        detail = ", ".join(x for x in (self.state, f"ExitCode={self.exit_code}" if self.exit_code else "") if x)
+        return f"Slurm job {self.job_id} ({detail})"
+
+    def log_tail(self) -> str:
+        return "".join(self._tail)
+
+    def last_output_time(self) -> float:
+        if self.state == "PENDING":  # waiting in the queue is not a stall
+            return time.time()
+        try:
+            return self.log_path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def _pump_log(self) -> None:
+        """Copy new lines of the job's log to stderr (the step's compute logs) and the tail."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                chunk = log.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1  # whole lines only; the rest comes with the next poll
+        self._log_offset += end
+        for raw in chunk[:end].splitlines(keepends=True):
+            line = raw.decode(errors="replace")
+            self._tail.append(line)
+            sys.stderr.write(line)
+
+
+def _exit_status(state: str, exit_code: str) -> int:
+    """A shell-style status from Slurm's `ExitCode=<code>:<signal>`, never 0 unless COMPLETED.
+
+    >>> _exit_status("COMPLETED", "0:0"), _exit_status("FAILED", "1:0"), _exit_status("CANCELLED", "0:15")
+    (0, 1, 143)
+    >>> _exit_status("TIMEOUT", "0:0")
+    1
+    """
+    if state == "COMPLETED":
+        return 0
+    code, _, signal = exit_code.partition(":")
+    if code.isdigit() and int(code):
+        return int(code)
+    if signal.isdigit() and int(signal):
+        return 128 + int(signal)
+    return 1
+
+
+def _slurm(cmd: list[str], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, returncode=124, stdout="", stderr=f"{cmd[0]} timed out")
+    except FileNotFoundError:
+        raise RuntimeError(f"{cmd[0]} not found: the slurm backend needs the Slurm client commands") from None

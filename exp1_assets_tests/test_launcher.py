@@ -1,0 +1,144 @@
+"""The launcher for real: `accelerate launch` under Dagster, two ranks, failures, kill + resume, cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from exp1_assets.defs.launcher import JobLauncher
+from exp1_assets.defs.store import ArtifactStore
+from exp1_assets_tests.run_configs import fast_run_config, only
+from exp1_assets_tests.test_graph import DATA, REPO, _assets
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data assets once for the module; each test trains into its own copy of the store."""
+    home = tmp_path_factory.mktemp("exp1_data")
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(_assets(*DATA), instance=instance, run_config=only(fast_run_config(), *DATA),
+                             resources={"store": ArtifactStore(root=str(home)), "launcher": JobLauncher()})
+    assert result.success
+    return home
+
+
+@pytest.fixture
+def home(data_home: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "exp1_home"
+    shutil.copytree(data_home, copy)
+    return copy
+
+
+def _train(home: Path, *, launcher: JobLauncher, **train_config):
+    config = only(fast_run_config(), "model_checkpoint")
+    config["ops"]["model_checkpoint"]["config"].update(train_config)
+    with DagsterInstance.ephemeral() as instance:
+        return materialize(_assets("model_checkpoint"), instance=instance, partition_key="tiny", run_config=config,
+                           resources={"store": ArtifactStore(root=str(home)), "launcher": launcher},
+                           raise_on_error=False)
+
+
+def _job_processes(marker: str) -> list[int]:
+    """PIDs whose command line mentions `marker` (the run's spec path), excluding zombies."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_two_ranks_train_through_the_launcher(home: Path) -> None:
+    result = _train(home, launcher=JobLauncher(num_processes=2))
+    assert result.success
+    trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
+    assert trained["world_size"] == 2 and trained["steps"] == 12
+    assert trained["val_loss_after"] < trained["val_loss_before"]
+    mat = result.asset_materializations_for_node("model_checkpoint")[0]
+    assert {"param_count", "tokens_per_s", "loss_curve", "val_loss_after"} <= set(mat.metadata)
+
+
+def test_a_failing_rank_fails_the_asset_with_its_own_error(home: Path) -> None:
+    result = _train(home, launcher=JobLauncher(num_processes=2, extra_env={"EXP1_FAULT_RANK": "1"}))
+    assert not result.success
+    failure = result.failure_data_for_node("model_checkpoint")
+    message = failure.user_failure_data.description if failure.user_failure_data else str(failure.error)
+    assert "rank 1/2" in message and "injected fault" in message
+    assert not (home / "model_checkpoint" / "tiny").exists()  # nothing half-written at the final path
+    assert not _job_processes(str(home))
+
+
+def _cli(home: Path, tmp_path: Path, config: dict) -> subprocess.Popen:
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir(exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text((REPO / "scripts" / "dagster.yaml").read_text())
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    env = {**os.environ, "EXP1_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
+
+    def restore_signals() -> None:  # a non-interactive parent may have left SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "exp1_assets.definitions",
+         "--select", "model_checkpoint", "--partition", "tiny", "--config", str(tmp_path / "run.json")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=restore_signals,
+    )
+
+
+def _wait_for(predicate, *, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_killed_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path) -> None:
+    """SIGKILL the job's process group after the first checkpoint: the retry resumes from it."""
+    config = only(fast_run_config(max_steps=30, save_steps=6), "model_checkpoint")
+    cli = _cli(home, tmp_path, config)
+    runs = home / "runs" / "model_checkpoint" / "tiny"
+    _wait_for(lambda: any(runs.glob("*/checkpoint-6/trainer_state.json")), timeout=300, what="checkpoint-6")
+    spec = next(runs.glob("*/spec.json"))
+    pids = _job_processes(str(spec))
+    assert pids, "the training job should be running"
+    os.killpg(os.getpgid(pids[0]), signal.SIGKILL)  # as the OOM killer or a lost node would
+    out, _ = cli.communicate(timeout=600)
+    assert cli.returncode == 0, out.decode(errors="replace")[-3000:]
+    trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
+    assert trained["resumed_from_step"] is not None and trained["resumed_from_step"] >= 6
+    assert trained["steps"] == 30
+
+
+def test_cancelling_the_run_leaves_no_process(home: Path, tmp_path: Path) -> None:
+    config = only(fast_run_config(max_steps=400, save_steps=200), "model_checkpoint")
+    cli = _cli(home, tmp_path, config)
+    runs = home / "runs" / "model_checkpoint" / "tiny"
+    # Progress lines travel through the Pipes message file: wait until training really runs.
+    _wait_for(lambda: any("step 2/" in p.read_text(errors="replace") for p in runs.glob("*/pipes-*.jsonl")),
+              timeout=300, what="training progress")
+    spec = next(runs.glob("*/spec.json"))
+    assert _job_processes(str(spec))
+    cli.send_signal(signal.SIGINT)  # Ctrl-C on the CLI = terminating the run
+    cli.communicate(timeout=120)
+    assert cli.returncode != 0
+    _wait_for(lambda: not _job_processes(str(spec)), timeout=30, what="the job's processes to exit")
+    assert not (home / "model_checkpoint" / "tiny").exists()

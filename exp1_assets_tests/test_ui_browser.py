@@ -1,0 +1,289 @@
+"""The graph as a researcher uses it: `dagster dev`, its GraphQL API, and its web UI in Chromium.
+
+One `dagster dev` (webserver + daemon, a copy of scripts/dagster.yaml) serves the whole module.
+The whole graph is materialized for partition `tiny` through the same GraphQL mutation the UI's
+"Materialize" button sends, with the FAST run config; then the tests read the results back
+through GraphQL and look at them in headless Chromium (Debian's; Playwright never downloads one).
+Screenshots land in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exp1_assets_tests.dagster_dev import LOCATION, REPOSITORY, DagsterDev, dagster_dev  # noqa: F401
+from exp1_assets_tests.run_configs import fast_run_config
+
+GROUPS = {
+    "data": ["raw_conversations", "conversation_splits", "tokenizer", "packed_dataset"],
+    "training": ["model_checkpoint"],
+    "evaluation": ["evaluation_report", "sample_set"],
+    "reporting": ["size_comparison"],
+}
+ASSETS = [name for names in GROUPS.values() for name in names]
+EVAL_CHECKS = ["perplexity_below_threshold", "rouge_l_above_threshold"]
+CHROMIUM = "/usr/bin/chromium"
+# Headless, and nothing that phones home: the test machine has no internet.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# The UI's "Materialize" button: the implicit asset job, an asset selection, a partition tag.
+LAUNCH_RUN = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) { __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message } } }
+"""
+RUN_STATUS = """
+query Run($runId: ID!) { runOrError(runId: $runId) { __typename
+    ... on Run { status stepStats { stepKey status } } ... on Error { message } } }
+"""
+RUN_LOGS = """
+query Logs($runId: ID!, $cursor: String) { logsForRun(runId: $runId, afterCursor: $cursor, limit: 1000) {
+  __typename ... on EventConnection { cursor hasMore events { __typename ... on MessageEvent { message stepKey } } }
+  ... on Error { message } } }
+"""
+MATERIALIZATIONS = """
+query Mats($path: [String!]!, $partitions: [String!]) { assetOrError(assetKey: {path: $path}) { __typename
+  ... on Asset { assetMaterializations(partitions: $partitions, limit: 1) { partition runId
+      metadataEntries { __typename label
+        ... on FloatMetadataEntry { floatValue } ... on IntMetadataEntry { intValue }
+        ... on MarkdownMetadataEntry { mdStr } ... on PathMetadataEntry { path } } } } } }
+"""
+CHECKS = """
+query Checks($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { __typename
+  ... on AssetNode { assetChecksOrError { __typename ... on AssetChecks { checks { name
+      executionForLatestMaterialization { status runId evaluation { success severity
+          metadataEntries { label ... on FloatMetadataEntry { floatValue } } } } } } } } } }
+"""
+
+
+def launch_whole_graph(dev: DagsterDev, *, partition: str, run_config: dict[str, Any]) -> str:
+    params = {
+        "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": "__ASSET_JOB",
+                     "assetSelection": [{"path": [name]} for name in ASSETS]},
+        "runConfigData": run_config,
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+    }
+    result = dev.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    return result["run"]["runId"]
+
+
+def wait_for_run(dev: DagsterDev, run_id: str, *, timeout_s: float) -> dict[str, Any]:
+    """Poll until the run ends (the daemon dequeues it; the run worker runs every step)."""
+    deadline = time.time() + timeout_s
+    run: dict[str, Any] = {}
+    while time.time() < deadline:
+        run = dev.graphql(RUN_STATUS, {"runId": run_id})["runOrError"]
+        if run.get("status") in ("SUCCESS", "FAILURE", "CANCELED"):
+            return run
+        time.sleep(2)
+    raise TimeoutError(f"run {run_id} not finished after {timeout_s:.0f} s: {run}\n{dev.log_tail()}")
+
+
+def run_messages(dev: DagsterDev, run_id: str) -> list[dict[str, Any]]:
+    events, cursor = [], None
+    while True:
+        page = dev.graphql(RUN_LOGS, {"runId": run_id, "cursor": cursor})["logsForRun"]
+        assert page["__typename"] == "EventConnection", page
+        events += [e for e in page["events"] if e.get("message")]
+        cursor = page["cursor"]
+        if not page["hasMore"]:
+            return events
+
+
+@pytest.fixture(scope="module")
+def whole_graph_run(dagster_dev: DagsterDev) -> str:  # noqa: F811
+    """The whole graph for `tiny`, launched and finished through GraphQL; its run id."""
+    run_id = launch_whole_graph(dagster_dev, partition="tiny", run_config=fast_run_config())
+    run = wait_for_run(dagster_dev, run_id, timeout_s=300)
+    if run["status"] != "SUCCESS":
+        failures = [m["message"] for m in run_messages(dagster_dev, run_id) if "rror" in m["message"]]
+        pytest.fail(f"run {run_id} ended {run['status']}: {run['stepStats']}\n" + "\n".join(failures[-5:]))
+    return run_id
+
+
+# --- GraphQL ------------------------------------------------------------------------------
+
+
+def test_whole_graph_run_materializes_every_asset(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811
+    steps = dagster_dev.graphql(RUN_STATUS, {"runId": whole_graph_run})["runOrError"]["stepStats"]
+    assert {s["stepKey"]: s["status"] for s in steps} == {name: "SUCCESS" for name in ASSETS}
+    for name in ASSETS:
+        partitions = ["tiny"] if name in ("model_checkpoint", "evaluation_report", "sample_set") else None
+        asset = dagster_dev.graphql(MATERIALIZATIONS, {"path": [name], "partitions": partitions})["assetOrError"]
+        [latest] = asset["assetMaterializations"]
+        assert latest["runId"] == whole_graph_run
+        assert latest["partition"] == (partitions[0] if partitions else None)
+
+
+def test_evaluation_metrics_read_back_through_graphql(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811
+    asset = dagster_dev.graphql(MATERIALIZATIONS, {"path": ["evaluation_report"], "partitions": ["tiny"]})
+    [materialization] = asset["assetOrError"]["assetMaterializations"]
+    entries = {e["label"]: e for e in materialization["metadataEntries"]}
+    for metric in ("perplexity", "rouge_l", "bleu"):
+        assert entries[metric]["__typename"] == "FloatMetadataEntry", entries.get(metric)
+        assert isinstance(entries[metric]["floatValue"], float)
+    assert entries["perplexity"]["floatValue"] > 1.0  # exp(mean NLL) of a real model
+    assert 0.0 <= entries["rouge_l"]["floatValue"] <= 1.0
+    assert entries["num_samples"]["intValue"] == 16  # FAST config reached the launched job
+    assert Path(entries["report"]["path"]).is_relative_to(dagster_dev.exp1_home)
+
+
+def test_evaluation_checks_executed_with_values(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811
+    node = dagster_dev.graphql(CHECKS, {"path": ["evaluation_report"]})["assetNodeOrError"]
+    checks = {c["name"]: c for c in node["assetChecksOrError"]["checks"]}
+    assert sorted(checks) == EVAL_CHECKS
+    for name in EVAL_CHECKS:
+        execution = checks[name]["executionForLatestMaterialization"]
+        assert execution["runId"] == whole_graph_run
+        assert execution["status"] in ("SUCCEEDED", "FAILED"), execution  # evaluated, not skipped/errored
+        evaluation = execution["evaluation"]
+        assert evaluation["severity"] == "WARN"
+        values = {e["label"]: e["floatValue"] for e in evaluation["metadataEntries"]}
+        assert set(values) == {"value", "threshold"}
+        assert evaluation["success"] == (execution["status"] == "SUCCEEDED")
+    assert {e["label"]: e["floatValue"] for e in
+            checks["perplexity_below_threshold"]["executionForLatestMaterialization"]["evaluation"]["metadataEntries"]
+            }["threshold"] == 20.0
+
+
+def test_training_progress_reaches_the_run_log(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811
+    messages = [m["message"] for m in run_messages(dagster_dev, whole_graph_run) if m["stepKey"] == "model_checkpoint"]
+    progress = [m for m in messages if re.match(r"step \d+/12 loss=", m)]
+    # FAST: 12 steps, logging every 2 (plus the first step).
+    assert len(progress) >= 6, messages[-20:]
+    assert progress[-1].startswith("step 12/12 loss=")
+
+
+# --- the web UI in Chromium -----------------------------------------------------------------
+
+
+def ensure_chromium() -> str:
+    """Debian's Chromium, installed with apt if missing; skip (saying why) only if impossible."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        reason = f"{CHROMIUM} missing and cannot apt-get install it (not root or no apt)"
+        print(reason)
+        pytest.skip(reason)
+    proc = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True, timeout=300)
+        proc = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+                              capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not Path(CHROMIUM).exists():
+        reason = f"apt-get install chromium failed: {proc.stderr[-500:]}"
+        print(reason)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = ensure_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+def open_page(page: Any, dev: DagsterDev, path: str) -> None:
+    page.goto(dev.url + path)
+    page.wait_for_load_state("networkidle")
+
+
+def wait_until_no_text(page: Any, text: str, *, timeout_s: float = 30) -> None:
+    deadline = time.time() + timeout_s
+    while page.get_by_text(text).count() and time.time() < deadline:
+        time.sleep(0.3)
+
+
+@pytest.mark.browser
+def test_lineage_page_shows_all_assets_in_their_groups(
+    page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
+) -> None:
+    # The global lineage collapses groups by default; `expanded` opens them (what Alt+E does).
+    expanded = ",".join(f"global@global:{group}" for group in GROUPS)
+    page.set_viewport_size({"width": 2400, "height": 1200})  # wide enough for full, named nodes
+    open_page(page, dagster_dev, f"/asset-groups?expanded={expanded}")
+    assert page.title() == "Global asset lineage"
+    for name in ASSETS:
+        page.get_by_text(name, exact=True).first.wait_for()
+    graph = page.locator("svg").filter(has=page.locator("foreignObject")).first
+    for group in GROUPS:  # group boxes in the graph, not only the sidebar tree
+        assert graph.get_by_text(group, exact=True).count() >= 1, group
+    wait_until_no_text(page, "Loading…")
+    page.screenshot(path=str(artifacts_dir / "ui_lineage.png"))
+
+
+@pytest.mark.browser
+def test_evaluation_report_page_shows_metrics_and_checks(
+    page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
+) -> None:
+    open_page(page, dagster_dev, "/assets/evaluation_report?partition=tiny")
+    table = page.locator("table", has_text="perplexity")
+    for metric in ("perplexity", "rouge_l", "bleu", "chrf", "bits_per_byte"):
+        row = table.locator("tr", has=page.get_by_text(metric, exact=True))
+        assert re.search(r"\d", row.first.inner_text()), f"{metric}: no value shown"
+    page.screenshot(path=str(artifacts_dir / "ui_evaluation_report.png"))
+
+    open_page(page, dagster_dev, "/assets/evaluation_report?view=checks&partition=tiny")
+    for check in EVAL_CHECKS:
+        page.get_by_text(check, exact=True).first.wait_for()
+    body = page.inner_text("body")
+    assert "Perplexity on validation assistant tokens" in body  # the check's description
+    assert "threshold" in body and "value" in body  # the check result's metadata
+    page.screenshot(path=str(artifacts_dir / "ui_evaluation_checks.png"))
+
+
+@pytest.mark.browser
+def test_model_checkpoint_page_shows_the_loss_curve(
+    page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
+) -> None:
+    open_page(page, dagster_dev, "/assets/model_checkpoint?partition=tiny")
+    assert page.get_by_text("val_loss_after", exact=True).count() == 1
+    # Markdown metadata opens in a dialog; the plot is a PNG inlined as a data URI.
+    page.locator("tr", has_text="loss_curve").get_by_text("[Show Markdown]").click()
+    image = page.locator("img[src^='data:image/png']").first
+    image.wait_for()
+    width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert width > 100 and height > 100  # a decoded picture, not a broken-image icon
+    page.screenshot(path=str(artifacts_dir / "ui_model_checkpoint_loss_curve.png"))
+
+
+@pytest.mark.browser
+def test_size_comparison_page_shows_the_table(
+    page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
+) -> None:
+    open_page(page, dagster_dev, "/assets/size_comparison")
+    row = page.locator("tr", has=page.get_by_text("table", exact=True)).first
+    text = row.inner_text()
+    for column in ("size", "parameters", "perplexity", "rouge_l"):
+        assert column in text, text
+    assert re.search(r"\btiny\b", text), text
+    assert "125M, 350M, 500M, 1B, 1.5B" in page.inner_text("body")  # missing_sizes
+    page.screenshot(path=str(artifacts_dir / "ui_size_comparison.png"))
