@@ -280,10 +280,12 @@ def test_size_comparison_page_shows_the_table(
     page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
 ) -> None:
     open_page(page, dagster_dev, "/assets/size_comparison")
+    from playwright.sync_api import expect
+
+    # The markdown table renders inline in the metadata row, a moment after the row itself.
     row = page.locator("tr", has=page.get_by_text("table", exact=True)).first
-    text = row.inner_text()
     for column in ("size", "parameters", "perplexity", "rouge_l"):
-        assert column in text, text
-    assert re.search(r"\btiny\b", text), text
+        expect(row).to_contain_text(column)
+    assert re.search(r"\btiny\b", row.inner_text()), row.inner_text()
     assert "125M, 350M, 500M, 1B, 1.5B" in page.inner_text("body")  # missing_sizes
     page.screenshot(path=str(artifacts_dir / "ui_size_comparison.png"))

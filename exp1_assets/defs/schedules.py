@@ -11,7 +11,9 @@ import os
 
 from dagster import (
     AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     RunRequest,
     ScheduleEvaluationContext,
     define_asset_job,
@@ -49,3 +51,15 @@ def weekly_experiment(context: ScheduleEvaluationContext):
     stamp = context.scheduled_execution_time.strftime("%Y%m%d-%H%M") if context.scheduled_execution_time else "now"
     for size in size_partitions.get_partition_keys():
         yield RunRequest(run_key=f"{size}-{stamp}", partition_key=size, tags={"exp1/size": size})
+
+
+# Evaluation and samples follow a new checkpoint, the comparison follows any new report
+# (`AutomationCondition.eager()` on those assets). The sensor that evaluates those conditions is
+# off until turned on in the UI (Automation tab) or with `dagster sensor start exp1_automation`.
+exp1_automation = AutomationConditionSensorDefinition(
+    "exp1_automation",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=60,
+    description="Evaluates the assets' automation conditions (eager: follow new upstream data).",
+)
