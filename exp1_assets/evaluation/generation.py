@@ -42,12 +42,24 @@ def render_prompts(tokenizer: Any, prompts_messages: Sequence[Sequence[dict]]) -
 
 @contextlib.contextmanager
 def _left_padding(tokenizer: Any) -> Iterator[None]:
-    previous = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    """Pad and truncate on the left: the assistant header at the end must survive."""
+    previous = (tokenizer.padding_side, tokenizer.truncation_side)
+    tokenizer.padding_side = tokenizer.truncation_side = "left"
     try:
         yield
     finally:
-        tokenizer.padding_side = previous
+        tokenizer.padding_side, tokenizer.truncation_side = previous
+
+
+def prompt_budget(model: Any, *, max_new_tokens: int) -> int:
+    """Prompt tokens that fit: positions beyond the model's range would be garbage (or crash)."""
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not positions:
+        return 1 << 30
+    if max_new_tokens >= positions:
+        raise ValueError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in {positions} positions")
+    return positions - max_new_tokens
 
 
 def _generate_kwargs(
@@ -97,7 +109,8 @@ def generate_batched(
     kwargs = _generate_kwargs(tokenizer=tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                               temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
     texts = render_prompts(tokenizer, prompts_messages)
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    budget = prompt_budget(model, max_new_tokens=max_new_tokens)
+    lengths = [min(budget, len(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     # Longest first: similar lengths share a batch (little padding), and an OOM shows up at once.
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     device = next(model.parameters()).device
@@ -107,7 +120,7 @@ def generate_batched(
         for batch_index, start in enumerate(range(0, len(order), batch_size)):
             indices = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in indices], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+                            truncation=True, max_length=budget, add_special_tokens=False).to(device)
             torch.manual_seed(seed + batch_index)
             out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
             new_tokens = out[:, enc["input_ids"].shape[1]:]
@@ -127,11 +140,13 @@ def generate_one_at_a_time(
     kwargs = _generate_kwargs(tokenizer=tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                               temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
     device = next(model.parameters()).device
+    budget = prompt_budget(model, max_new_tokens=max_new_tokens)
     results = []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _left_padding(tokenizer):
         for index, text in enumerate(render_prompts(tokenizer, prompts_messages)):
-            enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=budget,
+                            add_special_tokens=False).to(device)
             torch.manual_seed(seed + index)
             out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
             results.append(_decode_new_tokens(tokenizer, out[0, enc["input_ids"].shape[1]:],

@@ -1,0 +1,204 @@
+"""The command line, the schedule, the GPU pool and W&B tracking, against real Dagster instances.
+
+The CLI test runs `dagster asset materialize` exactly as the README's `make run` does (a
+DAGSTER_HOME holding a copy of scripts/dagster.yaml), with the FAST run config, and then reads
+the materialization back from that same instance. The W&B test retrains `model_checkpoint` with
+`wandb: true` (offline) on the data the CLI run left behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exp1_assets_tests.dagster_dev import BIN, REPO, dev_env, make_dagster_home
+from exp1_assets_tests.run_configs import fast_run_config, only
+
+ASSETS = ["raw_conversations", "conversation_splits", "tokenizer", "packed_dataset",
+          "model_checkpoint", "evaluation_report", "sample_set", "size_comparison"]
+GPU_ASSETS = ["model_checkpoint", "evaluation_report", "sample_set"]
+# One process for all steps: the same assets and config, without a process start-up per step.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
+
+def dagster_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "dagster"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`dagster asset materialize` of the whole graph for `tiny`, W&B off, into a fresh instance."""
+    root = tmp_path_factory.mktemp("cli")
+    dagster_home, exp1_home = make_dagster_home(root / "dagster_home"), root / "exp1_home"
+    wandb_dir = root / "wandb_off"
+    wandb_dir.mkdir()
+    env = dev_env(dagster_home=dagster_home, exp1_home=exp1_home, WANDB_DIR=str(wandb_dir), WANDB_MODE="offline")
+    config = write_config(root / "fast.yaml", {**fast_run_config(), **IN_PROCESS})
+    proc = dagster_cli("asset", "materialize", "-m", "exp1_assets.definitions", "--select", ",".join(ASSETS),
+                       "--partition", "tiny", "--config", str(config), env=env)
+    return {"proc": proc, "root": root, "dagster_home": dagster_home, "exp1_home": exp1_home,
+            "wandb_off": wandb_dir, "env": env}
+
+
+def latest_materialization(dagster_home: Path, asset: str, partition: str | None) -> Any:
+    """The newest materialization event of `asset` (partition) in the instance at `dagster_home`."""
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    try:
+        with DagsterInstance.get() as instance:
+            assert Path(instance.root_directory) == dagster_home
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition] if partition else None),
+                limit=1,
+            ).records
+            return records[0].event_log_entry if records else None
+    finally:
+        if previous is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_cli_materializes_the_whole_graph_into_dagster_home(cli_home: dict[str, Any]) -> None:
+    proc = cli_home["proc"]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "RUN_SUCCESS" in proc.stderr
+    report = latest_materialization(cli_home["dagster_home"], "evaluation_report", "tiny")
+    assert report is not None, "evaluation_report[tiny] not recorded in the DAGSTER_HOME instance"
+    materialization = report.asset_materialization
+    assert materialization.partition == "tiny"
+    for metric in ("perplexity", "rouge_l", "bleu"):
+        assert isinstance(materialization.metadata[metric].value, float), metric
+    # Same run for every stage: the selection spans data, training and evaluation.
+    run_ids = {latest_materialization(cli_home["dagster_home"], name,
+                                      "tiny" if name in GPU_ASSETS else None).run_id for name in ASSETS}
+    assert run_ids == {report.run_id}
+    assert (cli_home["exp1_home"] / "evaluation_report" / "tiny" / "report.json").is_file()
+
+
+def test_cli_star_selection_is_the_whole_graph(cli_home: dict[str, Any]) -> None:
+    # `make run` uses --select '*'; it must mean all eight assets.
+    proc = dagster_cli("asset", "list", "-m", "exp1_assets.definitions", "--select", "*", env=cli_home["env"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(proc.stdout.split()) == sorted(ASSETS)
+
+
+# --- the schedule -----------------------------------------------------------------------------
+
+
+def test_weekly_schedule_requests_one_run_per_size() -> None:
+    from dagster import DagsterInstance, build_schedule_context
+
+    from exp1_assets.definitions import defs
+    from exp1_assets.sizes import SIZES
+
+    schedule = defs.get_schedule_def("weekly_experiment")
+    monday = datetime.datetime(2026, 11, 23, 3, 0, tzinfo=datetime.timezone.utc)
+    with DagsterInstance.ephemeral() as instance:
+        context = build_schedule_context(instance=instance, scheduled_execution_time=monday,
+                                         repository_def=defs.get_repository_def())
+        requests = schedule.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == list(SIZES) == ["tiny", "125M", "350M", "500M", "1B", "1.5B"]
+    assert len({r.run_key for r in requests}) == 6  # distinct keys: none deduplicated away
+    for request in requests:
+        assert request.tags["dagster/partition"] == request.partition_key
+        assert request.run_key.endswith("20261123-0300")
+    assert schedule.job_name == "experiment_job"
+
+
+def test_schedule_cron_comes_from_the_environment() -> None:
+    code = ("from exp1_assets.definitions import defs;"
+            "print(defs.get_schedule_def('weekly_experiment').cron_schedule)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    default = subprocess.run([sys.executable, "-c", code], env={k: v for k, v in env.items()
+                                                             if k != "EXP1_SCHEDULE_CRON"},
+                             capture_output=True, text=True, timeout=120)
+    custom = subprocess.run([sys.executable, "-c", code], env={**env, "EXP1_SCHEDULE_CRON": "*/15 * * * *"},
+                            capture_output=True, text=True, timeout=120)
+    assert default.stdout.strip() == "0 3 * * 1", default.stderr[-2000:]
+    assert custom.stdout.strip() == "*/15 * * * *", custom.stderr[-2000:]
+
+
+# --- the GPU pool -----------------------------------------------------------------------------
+
+
+def test_gpu_pool_admits_one_step_at_a_time(tmp_path: Path) -> None:
+    """Two runs' training steps against the instance scripts/dagster.yaml configures.
+
+    `InstanceConcurrencyContext` is what the in-process and multiprocess executors consult
+    before starting a step with a pool; the second run's step must wait for the first.
+    """
+    from dagster import DagsterInstance
+    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from exp1_assets.definitions import defs
+
+    pools = {name: defs.resolve_assets_def(name).op.pool for name in ASSETS}
+    assert {name for name, pool in pools.items() if pool == "gpu"} == set(GPU_ASSETS)
+    with DagsterInstance.from_config(str(make_dagster_home(tmp_path / "dagster_home"))) as instance:
+        assert instance.event_log_storage.get_pool_config().default_pool_limit == 1
+        run_125m, run_350m = (DagsterRun(job_name="experiment_job", run_id=f"run-{size}") for size in ("125M", "350M"))
+        with InstanceConcurrencyContext(instance, run_125m) as first, \
+                InstanceConcurrencyContext(instance, run_350m) as second:
+            assert first.claim("gpu", "model_checkpoint")
+            assert not second.claim("gpu", "model_checkpoint")  # queued, not running
+            info = instance.event_log_storage.get_concurrency_info("gpu")
+            assert info.limit == 1
+            assert [s.run_id for s in info.claimed_slots] == ["run-125M"]
+            assert [s.run_id for s in info.pending_steps if not s.assigned_timestamp] == ["run-350M"]
+
+            first.free_step("model_checkpoint")  # the first training finished
+            status = instance.event_log_storage.claim_concurrency_slot("gpu", "run-350M", "model_checkpoint")
+            assert status.is_claimed
+            assert [s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots] == \
+                ["run-350M"]
+
+
+# --- Weights & Biases (offline) ---------------------------------------------------------------
+
+
+def test_training_without_tracking_writes_no_wandb_files(cli_home: dict[str, Any]) -> None:
+    assert cli_home["proc"].returncode == 0
+    assert list(cli_home["wandb_off"].iterdir()) == []
+    assert not list((cli_home["exp1_home"] / "runs").rglob("wandb"))  # nor the default <run_dir>/wandb
+
+
+def test_training_with_wandb_offline_records_the_run(cli_home: dict[str, Any], tmp_path: Path) -> None:
+    assert cli_home["proc"].returncode == 0, "needs the CLI run's data"
+    pytest.importorskip("wandb")
+    wandb_dir = tmp_path / "wandb_dir"
+    wandb_dir.mkdir()
+    train = {"ops": {"model_checkpoint": {"config": {**only(fast_run_config(), "model_checkpoint")["ops"][
+        "model_checkpoint"]["config"], "wandb": True}}}}
+    config = write_config(tmp_path / "wandb.yaml", {**train, **IN_PROCESS})
+    env = {**cli_home["env"], "WANDB_DIR": str(wandb_dir), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = dagster_cli("asset", "materialize", "-m", "exp1_assets.definitions", "--select", "model_checkpoint",
+                       "--partition", "tiny", "--config", str(config), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    [run_dir] = list(wandb_dir.glob("wandb/offline-run-*"))
+    assert list(run_dir.glob("*.wandb")), sorted(p.name for p in run_dir.iterdir())
+    summary = json.loads((run_dir / "files" / "wandb-summary.json").read_text())
+    losses = {k: v for k, v in summary.items() if "loss" in k}
+    assert losses and all(isinstance(v, (int, float)) for v in losses.values()), summary
+    assert summary.get("train/global_step") == 12, summary
