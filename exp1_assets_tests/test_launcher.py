@@ -71,7 +71,8 @@ def test_two_ranks_train_through_the_launcher(home: Path) -> None:
     assert trained["world_size"] == 2 and trained["steps"] == 12
     assert trained["val_loss_after"] < trained["val_loss_before"]
     mat = result.asset_materializations_for_node("model_checkpoint")[0]
-    assert {"param_count", "tokens_per_s", "loss_curve", "val_loss_after"} <= set(mat.metadata)
+    assert {"param_count", "tokens_per_s", "loss_curve", "val_loss_after", "memory_estimate_gib",
+            "resumed", "train_spec"} <= set(mat.metadata)
 
 
 def test_a_failing_rank_fails_the_asset_with_its_own_error(home: Path) -> None:

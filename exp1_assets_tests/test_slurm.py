@@ -239,8 +239,8 @@ def test_cancelling_the_dagster_run_scancels_the_job_and_leaves_no_process(home:
         [sys.executable, "-c", MATERIALIZE, json.dumps(config), str(home), json.dumps(settings)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=restore_signals)
     try:
-        _wait_for(lambda: any("step 2/" in p.read_text(errors="replace") for p in _runs(home).glob("*/slurm-*.log")),
-                  timeout=240, what="training progress in the job's log")
+        _wait_for(lambda: any("step 2/" in p.read_text(errors="replace") for p in _runs(home).glob("*/pipes-*.jsonl")),
+                  timeout=240, what="training progress in the Pipes messages")
         [job_id] = _job_ids(home)
         spec = str(next(_runs(home).glob("*/spec.json")))
         assert _in_squeue(job_id) and len(_job_processes(spec)) >= 2  # a launcher (+ rank) per node

@@ -128,12 +128,33 @@ def model_checkpoint(
         reported = launcher.run(context, module=TRAIN_MODULE, spec_path=spec_path,
                                 run_dir=Path(spec.run_dir), num_processes=config.num_processes or None)
         result = json.loads((out / "train_result.json").read_text())
-    return _checkpoint_result(result, reported=reported, store=store, size=size)
+    return _checkpoint_result(result, reported=reported, store=store, size=size,
+                              extra_metadata=_size_metadata(spec, result))
+
+
+def _size_metadata(spec: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """The model's exact size for the real vocabulary, and what training it costs in memory."""
+    from transformers import AutoTokenizer
+
+    from exp1_assets.sizes import get_size, memory_estimate
+
+    vocab = len(AutoTokenizer.from_pretrained(spec.tokenizer_path))
+    precision = result.get("precision", "fp32") if result.get("precision") in ("fp32", "bf16", "fp16") else "fp32"
+    memory = memory_estimate(get_size(spec.size), vocab_size=vocab, architecture=spec.architecture,
+                             batch=spec.per_device_batch, seq_len=spec.max_length, precision=precision)
+    gib = {k[:-4]: v for k, v in memory.items() if k.endswith("_gib")}
+    return {
+        "vocab_size": vocab,
+        "architecture": spec.architecture,
+        "memory_estimate_gib": MetadataValue.json(gib),
+        "memory_total_gib": float(memory["total_gib"]),
+        "train_spec": MetadataValue.json(spec.to_dict()),
+    }
 
 
 def _checkpoint_result(result: dict[str, Any], *, reported: list[Any], store: ArtifactStore,
-                       size: str) -> MaterializeResult:
-    metadata: dict[str, Any] = {}
+                       size: str, extra_metadata: dict[str, Any]) -> MaterializeResult:
+    metadata: dict[str, Any] = dict(extra_metadata)
     data_version = None
     for item in reported:  # what rank 0 reported through Pipes (numbers + loss curve)
         metadata.update(item.metadata or {})
