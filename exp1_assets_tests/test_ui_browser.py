@@ -46,7 +46,7 @@ mutation Launch($params: ExecutionParams!) {
 """
 RUN_STATUS = """
 query Run($runId: ID!) { runOrError(runId: $runId) { __typename
-    ... on Run { status stepStats { stepKey status } } ... on Error { message } } }
+    ... on Run { status stepStats { stepKey status startTime endTime } } ... on Error { message } } }
 """
 RUN_LOGS = """
 query Logs($runId: ID!, $cursor: String) { logsForRun(runId: $runId, afterCursor: $cursor, limit: 1000) {
@@ -126,6 +126,17 @@ def test_whole_graph_run_materializes_every_asset(dagster_dev: DagsterDev, whole
         [latest] = asset["assetMaterializations"]
         assert latest["runId"] == whole_graph_run
         assert latest["partition"] == (partitions[0] if partitions else None)
+
+
+def test_gpu_pool_kept_gpu_steps_apart(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811
+    # evaluation_report and sample_set become ready together when model_checkpoint ends, and the
+    # multiprocess executor would run both at once; the `gpu` pool (limit 1) must serialize them.
+    steps = dagster_dev.graphql(RUN_STATUS, {"runId": whole_graph_run})["runOrError"]["stepStats"]
+    gpu = sorted((s["startTime"], s["endTime"], s["stepKey"]) for s in steps
+                 if s["stepKey"] in ("model_checkpoint", "evaluation_report", "sample_set"))
+    assert len(gpu) == 3
+    for (_, end, first), (start, _, second) in zip(gpu, gpu[1:]):
+        assert start >= end, f"{second} started {end - start:.1f} s before {first} ended"
 
 
 def test_evaluation_metrics_read_back_through_graphql(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811

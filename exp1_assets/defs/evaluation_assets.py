@@ -137,7 +137,7 @@ def sample_set(
 
 @asset(
     group_name="reporting",
-    deps=[evaluation_report, model_checkpoint],
+    deps=[evaluation_report, sample_set, model_checkpoint],
     automation_condition=AutomationCondition.eager(),
     code_version=code_version("evaluation/comparison.py"),
     description="All evaluated sizes side by side: table, loss curves, perplexity/ROUGE-L vs parameters.",

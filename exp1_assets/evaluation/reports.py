@@ -39,7 +39,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
+        if math.isnan(value):
+            return "n/a"
+        if value.is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"  # counts (parameters, tokens) read better whole
+        return f"{value:.4f}"
     return str(value)
 
 
