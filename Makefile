@@ -30,7 +30,7 @@ home:
 
 # The whole graph for one size (default tiny) on the built-in corpus, into the shared instance.
 run: setup
-	$(BIN)/dagster asset materialize -m exp1_assets.definitions --select '*' --partition $(SIZE)
+	$(BIN)/dagster asset materialize -m exp1_assets.definitions --select '*' --partition $(SIZE) --config scripts/run_local.yaml
 	@echo "size comparison report: $(EXP1_HOME)/size_comparison/comparison.md"
 	@echo "evaluation report:      $(EXP1_HOME)/evaluation_report/$(SIZE)/report.md"
 	@echo "samples:                $(EXP1_HOME)/sample_set/$(SIZE)/samples.html"

@@ -61,12 +61,17 @@ def step_times(instance, run_id: str) -> tuple[dict[str, dict[str, float]], list
 
 
 def job_process_seconds(*, exp1_home: Path, step_key: str, step: dict, messages) -> float | None:
-    """From the step's 'launching' log line to the last write of its job.log."""
+    """From the step's 'launching' log line to the job's end: the last change in its run dir.
+
+    The launcher deletes the job's Pipes message file when the job's session closes, which
+    touches the run dir; job.log alone can stop changing long before the job ends.
+    """
     launched = [t for t, m in messages if m.startswith("launching") and step.get("start", 0) <= t <= step.get("end", 0)]
     logs = list((exp1_home / "runs" / LAUNCHED[step_key]).rglob("job.log"))
     if not launched or not logs:
         return None
-    return max(p.stat().st_mtime for p in logs) - launched[0]
+    ends = [p.stat().st_mtime for p in logs] + [p.parent.stat().st_mtime for p in logs]
+    return max(t for t in ends if t <= step.get("end", float("inf")) + 1) - launched[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition", default="tiny")
     parser.add_argument("--quick", action="store_true", help="the tests' scaled-down config (about a minute)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes under bench/out/")
+    parser.add_argument("--analyze", type=Path, default=None,
+                        help="re-read a kept bench/out/e2e-* dir instead of running (no new run)")
     args = parser.parse_args(argv)
 
+    if args.analyze:
+        work = args.analyze.resolve()
+        exp1_home, dagster_home = work / "exp1_home", work / "dagster_home"
+        cli_log = (work / "cli_seconds.txt")
+        return report(args, work=work, exp1_home=exp1_home, dagster_home=dagster_home,
+                      cli_seconds=float(cli_log.read_text()) if cli_log.is_file() else float("nan"),
+                      returncode=0, started=time.time())
     work = _common.OUT_DIR / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}"
     exp1_home, dagster_home = work / "exp1_home", work / "dagster_home"
     exp1_home.mkdir(parents=True)
@@ -93,10 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     proc = subprocess.run(cmd, cwd=_common.REPO, env=env, capture_output=True, text=True)
     cli_seconds = time.time() - started
     (work / "cli.log").write_text(proc.stdout + proc.stderr)
+    (work / "cli_seconds.txt").write_text(str(cli_seconds))
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         print(f"dagster exited {proc.returncode}; log: {work / 'cli.log'}", file=sys.stderr)
+    return report(args, work=work, exp1_home=exp1_home, dagster_home=dagster_home, cli_seconds=cli_seconds,
+                  returncode=proc.returncode, started=started)
 
+
+def report(args, *, work: Path, exp1_home: Path, dagster_home: Path, cli_seconds: float, returncode: int,
+           started: float) -> int:
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     from dagster import DagsterInstance
 
@@ -122,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     data_steps = sum(r["seconds"] for r in rows if r["asset"] not in LAUNCHED and r["asset"] != "size_comparison")
     overhead = run_seconds - job_total
     result = {
-        "returncode": proc.returncode, "run_id": run.run_id, "status": str(run.status),
+        "returncode": returncode, "run_id": run.run_id, "status": str(run.status),
         "cli_wall_s": cli_seconds, "run_wall_s": run_seconds, "steps": rows,
         "launched_job_process_s": job_total, "train_result_wall_time_s": in_job_train,
         "overhead_s": overhead, "overhead_fraction": overhead / run_seconds,
@@ -131,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "cli_startup_and_teardown_s": cli_seconds - run_seconds,
         "targets": {"total_s": 600, "overhead_fraction": 0.15},
         "meets_target": cli_seconds <= 600 and overhead / run_seconds <= 0.15,
-        "homes": str(work) if args.keep else None,
+        "homes": str(work) if (args.keep or args.analyze) else None,
     }
     print()
     _common.print_table(rows, ["asset", "status", "seconds", "job_process_s"])
@@ -140,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{overhead / run_seconds:.1%} of the run (target <= 15%); without the in-process data assets "
           f"{overhead - data_steps:.1f}s = {(overhead - data_steps) / run_seconds:.1%}")
     print(f"wrote {_common.write_result('end_to_end' + ('_quick' if args.quick else ''), result)}")
-    if not args.keep:
+    if not args.keep and not args.analyze:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if proc.returncode == 0 else 1
+    return 0 if returncode == 0 else 1
 
 
 if __name__ == "__main__":

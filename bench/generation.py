@@ -62,6 +62,33 @@ def quick_train(model, packed_dir: Path, *, steps: int, batch: int) -> list[floa
     return losses
 
 
+def generate_token_budget(model, tokenizer, prompts, *, max_new_tokens: int, batch_size: int, token_budget: int):
+    """The suggested fix, measured bench-side: batches capped by padded prompt tokens, not rows.
+
+    Longest first; a batch closes when one more row would make rows x longest prompt exceed
+    `token_budget` (or reach batch_size), so one long outlier no longer pads 31 short prompts.
+    Each batch goes through the library's generate_batched unchanged.
+    """
+    from exp1_assets.evaluation.generation import generate_batched, render_prompts
+
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in render_prompts(tokenizer, prompts)]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    groups, current = [], []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) >= batch_size or (len(current) + 1) * longest > token_budget):
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    results = [None] * len(prompts)
+    for group in groups:
+        for i, generation in zip(group, generate_batched(model, tokenizer, [prompts[i] for i in group],
+                                                          max_new_tokens=max_new_tokens, batch_size=len(group))):
+            results[i] = generation
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=64)
@@ -69,19 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="generate_batched batch size")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side")
     parser.add_argument("--model", default="", help="a saved checkpoint dir (its tokenizer is used)")
-    parser.add_argument("--train-steps", type=int, default=60, help="without --model: train this many steps first")
+    parser.add_argument("--train-steps", type=int, default=30, help="without --model: train this many steps first")
     parser.add_argument("--builtin-size", type=int, default=20_000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--token-budget", type=int, default=0,
+                        help="also time a third side: batches capped at this many padded prompt tokens")
     parser.add_argument("--quick", action="store_true", help="smoke settings: 4 prompts, 4 tokens, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.max_new_tokens, args.batch_size, args.rounds = 4, 4, 2, 1
         args.builtin_size, args.train_steps = 600, 1
 
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from exp1_assets.evaluation.generation import generate_batched, generate_one_at_a_time
+    from exp1_assets.evaluation.generation import generate_batched, generate_one_at_a_time, render_prompts
     from exp1_assets.sizes import get_size
     from exp1_assets.training.model import build_model
 
@@ -100,12 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
 
     times: dict[str, list[float]] = {"one_at_a_time": [], "batched": []}
+    if args.token_budget:
+        times["token_budget"] = []
     outputs: dict[str, list] = {}
+    # Warm-up (thread pools, first-call dispatch) outside the timings.
+    generate_batched(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2)
+    generate_one_at_a_time(model, tokenizer, prompts[:1], max_new_tokens=2)
     for round_index in range(args.rounds):
-        sides = ["one_at_a_time", "batched"] if round_index % 2 == 0 else ["batched", "one_at_a_time"]
+        sides = list(times) if round_index % 2 == 0 else list(reversed(times))
         for side in sides:
             start = time.perf_counter()
-            if side == "batched":
+            if side == "token_budget":
+                result = generate_token_budget(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                                               batch_size=args.batch_size, token_budget=args.token_budget)
+            elif side == "batched":
                 result = generate_batched(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                                           batch_size=args.batch_size)
             else:
@@ -117,18 +153,27 @@ def main(argv: list[str] | None = None) -> int:
     single, batched = outputs["one_at_a_time"], outputs["batched"]
     mismatches = [{"prompt": i, "one_at_a_time": a.text[:120], "batched": b.text[:120]}
                   for i, (a, b) in enumerate(zip(single, batched)) if a.text != b.text]
+    if "token_budget" in outputs:
+        mismatches += [{"prompt": i, "one_at_a_time": a.text[:120], "token_budget": b.text[:120]}
+                       for i, (a, b) in enumerate(zip(single, outputs["token_budget"])) if a.text != b.text]
     seconds = {side: _common.median(t) for side, t in times.items()}
     rows = [{"side": side, "median_s": seconds[side], "prompts_per_s": args.prompts / seconds[side],
              "new_tokens": sum(g.n_tokens for g in outputs[side]),
              "stopped": sum(g.stopped for g in outputs[side])} for side in times]
     ratio = seconds["one_at_a_time"] / seconds["batched"]
+    if "token_budget" in seconds:
+        print(f"token-budget batching ({args.token_budget} padded prompt tokens) / one-at-a-time: "
+              f"x{seconds['one_at_a_time'] / seconds['token_budget']:.2f}")
     print()
     _common.print_table(rows, ["side", "median_s", "prompts_per_s", "new_tokens", "stopped"])
     print(f"\nbatched / one-at-a-time: x{ratio:.2f} prompts/s (target >= 10x); "
           f"greedy outputs identical: {len(prompts) - len(mismatches)}/{len(prompts)}")
     for m in mismatches[:5]:
         print(f"  mismatch prompt {m['prompt']}:\n    single : {m['one_at_a_time']!r}\n    batched: {m['batched']!r}")
-    result = {"settings": vars(args), "train_losses": losses[-5:], "times": times, "sides": rows,
+    prompt_lengths = sorted(len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                            for t in render_prompts(tokenizer, prompts))
+    result = {"settings": vars(args), "prompt_tokens": {"sum": sum(prompt_lengths), "max": prompt_lengths[-1],
+                                                        "median": _common.median(prompt_lengths)}, "train_losses": losses[-5:], "times": times, "sides": rows,
               "ratio_prompts_per_s": ratio, "identical": len(prompts) - len(mismatches),
               "mismatches": mismatches, "target": 10.0, "meets_target": ratio >= 10.0 and not mismatches}
     print(f"wrote {_common.write_result('generation' + ('_quick' if args.quick else ''), result)}")

@@ -168,7 +168,8 @@ def measure(args) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     # Peak measured before and after the steps (best of both): a shared machine's load varies.
-    peak_before = _common.peak_matmul_flops(device=device, dtype=torch.float32)
+    peak_seconds = 0.5 if args.quick else 3.0
+    peak_before = _common.peak_matmul_flops(device=device, dtype=torch.float32, seconds=peak_seconds)
     # The same random steps of each side's epoch, drawn across the whole epoch (seeded).
     rng = random.Random(0)
     picks = {name: [rng.randrange(len(batches)) for _ in range(args.warmup + args.steps)]
@@ -192,8 +193,8 @@ def measure(args) -> dict:
                                       "seq": int(batch["input_ids"].shape[1])})
             print(f"  step {step:2d} {name:10s} {seconds:7.3f}s loss {loss:.3f}", flush=True)
 
-    peak = max(peak_before, _common.peak_matmul_flops(device=device, dtype=torch.float32))
-    peak_bf16 = _common.peak_matmul_flops(device=device, dtype=torch.bfloat16) if cuda else None
+    peak = max(peak_before, _common.peak_matmul_flops(device=device, dtype=torch.float32, seconds=peak_seconds))
+    peak_bf16 = _common.peak_matmul_flops(device=device, dtype=torch.bfloat16, seconds=peak_seconds) if cuda else None
     epoch_real = {"seed-style": seed_epoch_real, "default": packed_epoch_real}
     summary = {}
     for name, recs in records.items():

@@ -97,8 +97,14 @@ def record_errors(run_dir: str | Path) -> Iterator[None]:
         yield
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised unchanged
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
-            path = error_file(run_dir)
-            path.parent.mkdir(parents=True, exist_ok=True)
             text = "".join(traceback.format_exception(exc))
-            path.write_text(f"rank {global_rank()}/{world_size()}: {type(exc).__name__}: {exc}\n\n{text}")
+            report = f"rank {global_rank()}/{world_size()}: {type(exc).__name__}: {exc}\n\n{text}"
+            try:
+                path = error_file(run_dir)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(report)
+            except OSError:
+                # The disk that just filled up cannot take the error file either: the job's
+                # output (the launcher's log tail) still can.
+                print(report, file=sys.stderr, flush=True)
         raise

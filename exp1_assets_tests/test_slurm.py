@@ -190,13 +190,25 @@ def test_a_rank_failing_on_the_second_node_fails_the_asset_with_its_error(home: 
     assert not [j for j in _job_ids(home) if _in_squeue(j)]
 
 
+def _complete(checkpoint: Path) -> bool:
+    """Manifest written and the weights on disk: a checkpoint the retry can resume from.
+
+    The weights are checked too: a checkpoint whose manifest was written before (without) its
+    model.safetensors has been seen here, and Trainer cannot resume from it (see the report).
+    """
+    from exp1_assets.training.integrity import verify_checkpoint
+
+    return ((checkpoint / "checkpoint_manifest.json").is_file() and (checkpoint / "model.safetensors").is_file()
+            and verify_checkpoint(checkpoint) is None)
+
+
 def test_a_job_killed_by_slurm_fails_the_attempt_and_the_retry_resumes(home: Path) -> None:
     """scancel from outside after the first checkpoint (preemption, a lost node): retry resumes."""
     cancelled: list[str] = []
 
     def scancel_after_first_checkpoint() -> None:
-        _wait_for(lambda: any(_runs(home).glob("*/checkpoint-6/trainer_state.json")), timeout=300,
-                  what="checkpoint-6")
+        _wait_for(lambda: any(_complete(ck) for ck in _runs(home).glob("*/checkpoint-6")), timeout=300,
+                  what="a complete checkpoint-6")
         cancelled.extend(_job_ids(home))
         subprocess.run(["scancel", *cancelled], check=True)
 
@@ -209,47 +221,63 @@ def test_a_job_killed_by_slurm_fails_the_attempt_and_the_retry_resumes(home: Pat
     assert failures and f"Slurm job {cancelled[0]} (CANCELLED" in str(failures[0].event_specific_data)
     assert result.success, "the retry should resume and finish"
     trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
-    assert trained["resumed_from_step"] is not None and trained["resumed_from_step"] >= 6
+    said = [e.message for e in result.all_events if e.message and ("checkpoint" in e.message or "training tiny" in e.message)]
+    assert trained["resumed_from_step"] is not None and trained["resumed_from_step"] >= 6, said
     assert trained["steps"] == 30 and len(_job_ids(home)) == 2
 
 
-MATERIALIZE = """
-import json, sys
-from dagster import DagsterInstance, materialize
+DEFINITIONS = """
+import json, os
+from dagster import Definitions
+import exp1_assets.definitions as project
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.store import ArtifactStore
-from exp1_assets_tests.test_graph import _assets
-config, home, launcher = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-with DagsterInstance.ephemeral() as instance:
-    result = materialize(_assets("model_checkpoint"), instance=instance, partition_key="tiny", run_config=config,
-                         resources={"store": ArtifactStore(root=home), "launcher": JobLauncher(**launcher)},
-                         raise_on_error=False)
-sys.exit(0 if result.success else 1)
+
+defs = Definitions(assets=project.defs.assets, resources={
+    "store": ArtifactStore(), "launcher": JobLauncher(**json.loads(os.environ["EXP1_TEST_LAUNCHER"]))})
 """
 
 
-def test_cancelling_the_dagster_run_scancels_the_job_and_leaves_no_process(home: Path) -> None:
-    settings = {"backend": "slurm", "nodes": 2, "poll_interval_s": 0.5, "extra_env": JOB_ENV}
-    config = _train_config(max_steps=400, save_steps=200)
+def _cli(home: Path, tmp_path: Path, *, config: dict, launcher: dict) -> subprocess.Popen:
+    """`dagster asset materialize` of model_checkpoint[tiny] with a Slurm launcher, like an operator would."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir(exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text((REPO / "scripts" / "dagster.yaml").read_text())
+    (tmp_path / "slurm_defs.py").write_text(DEFINITIONS)
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    env = {**os.environ, "EXP1_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
+           "EXP1_TEST_LAUNCHER": json.dumps(launcher)}
 
     def restore_signals() -> None:  # a non-interactive parent may have left SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    run = subprocess.Popen(
-        [sys.executable, "-c", MATERIALIZE, json.dumps(config), str(home), json.dumps(settings)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=restore_signals)
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-f", str(tmp_path / "slurm_defs.py"),
+         "--select", "model_checkpoint", "--partition", "tiny", "--config", str(tmp_path / "run.json")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=restore_signals)
+
+
+def test_cancelling_the_dagster_run_scancels_the_job_and_leaves_no_process(home: Path, tmp_path: Path) -> None:
+    launcher = {"backend": "slurm", "nodes": 2, "poll_interval_s": 0.5, "extra_env": JOB_ENV}
+    cli = _cli(home, tmp_path, config=_train_config(max_steps=400, save_steps=200), launcher=launcher)
+
+    def progressing() -> bool:  # rank 0's progress lines, as Dagster receives them
+        return any("step 2/" in p.read_text(errors="replace") for p in _runs(home).glob("*/pipes-*.jsonl"))
+
     try:
-        _wait_for(lambda: any("step 2/" in p.read_text(errors="replace") for p in _runs(home).glob("*/pipes-*.jsonl")),
-                  timeout=240, what="training progress in the Pipes messages")
+        _wait_for(lambda: progressing() or cli.poll() is not None, timeout=240, what="training progress")
+        assert cli.poll() is None, cli.communicate()[0].decode(errors="replace")[-3000:]
         [job_id] = _job_ids(home)
         spec = str(next(_runs(home).glob("*/spec.json")))
         assert _in_squeue(job_id) and len(_job_processes(spec)) >= 2  # a launcher (+ rank) per node
-        run.send_signal(signal.SIGINT)  # what terminating the run does to the run worker
-        out, _ = run.communicate(timeout=120)
+        cli.send_signal(signal.SIGINT)  # Ctrl-C on the CLI = terminating the run
+        out, _ = cli.communicate(timeout=120)
     finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode != 0, out.decode(errors="replace")[-2000:]
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode != 0, out.decode(errors="replace")[-2000:]
     assert not _in_squeue(job_id)  # JobHandle.cancel waited for it to leave the queue
+    assert _job_ids(home) == [job_id], "no retry may start after the run was cancelled"
     _wait_for(lambda: not _job_processes(spec), timeout=15, what="the job's processes to exit")
     assert not (home / "model_checkpoint" / "tiny").exists()

@@ -136,6 +136,10 @@ def _local_files(path: str | None) -> list[str]:
         raise ValueError(f"path: {path!r} does not exist / matches no file")
     for match in matches:
         is_dataset = os.path.isdir(match) and _is_saved_dataset(match)
+        if os.path.isdir(match) and not is_dataset:
+            raise ValueError(f"path: {match!r} is a directory, not a file or a datasets.save_to_disk folder")
+        if not os.access(match, os.R_OK):
+            raise ValueError(f"path: {match!r} is not readable (permissions)")
         if not is_dataset and Path(match).suffix.lower() not in LOCAL_READERS:
             raise ValueError(f"path: {match!r} is neither {sorted(LOCAL_READERS)} nor a "
                              f"datasets.save_to_disk folder")

@@ -86,11 +86,18 @@ class LocalJob:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        with open(self.log_path, "ab") as log:
+        try:
+            log_file = open(self.log_path, "ab")
+        except OSError:
+            log_file = open(os.devnull, "ab")  # disk full: the tail in memory still has the error
+        with log_file as log:
             for raw in iter(self.proc.stdout.readline, b""):
                 self._last_output = time.time()
-                log.write(raw)
-                log.flush()
+                try:
+                    log.write(raw)
+                    log.flush()
+                except OSError:
+                    pass  # disk full: keep draining the pipe, or the job blocks on its next print
                 line = raw.decode(errors="replace")
                 self._tail.append(line)
                 sys.stderr.write(line)  # lands in the step's compute logs

@@ -8,13 +8,15 @@ the launched jobs (on other nodes) and the code server see the same paths.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure
 from pydantic import Field
 
 DEFAULT_ROOT = ".exp1_home"  # under the working directory; git ignores it
@@ -51,14 +53,58 @@ class ArtifactStore(ConfigurableResource):
         """
         final = self.path(asset, partition)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        with writer_lock(final, name=f"{asset}[{partition}]" if partition else asset):
+            tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+            try:
+                tmp.mkdir()
+                yield tmp
+                commit_dir(tmp, final)
+            except BaseException as error:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if _is_disk_full(error):
+                    raise Failure(f"disk full while writing {final}: free space or point EXP1_HOME "
+                                  f"elsewhere ({error})", allow_retries=False) from error
+                raise
+
+
+@contextlib.contextmanager
+def writer_lock(final: Path, *, name: str) -> Iterator[None]:
+    """One writer per artifact: an advisory `flock` on `.lock-<name>` beside the final path.
+
+    A second run for the same asset partition fails fast instead of waiting: it would redo the
+    same hours of work only to overwrite the first run's result, and Dagster's run queue and the
+    `gpu` pool are the place to serialize runs, not a blocked process holding a worker. The
+    kernel drops the lock when the holder dies (even by SIGKILL), so a crash never leaves a
+    stale lock. (On NFS, flock maps to fcntl byte-range locks, which lockd serves across nodes.)
+    """
+    lock_path = final.parent / f".lock-{final.name}"
+    handle = open(lock_path, "a+", encoding="utf-8")
+    try:
         try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        commit_dir(tmp, final)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise Failure(f"{name} is being written by another run (pid {holder}); wait for it to "
+                          f"finish or cancel it, then rematerialize", allow_retries=False) from None
+        try:  # who holds it, for the other run's message; best effort (the disk may be full)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        except OSError:
+            pass
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """ENOSPC here, or in a launched job (its failure carries the job's message text)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = getattr(error, "description", None) or ""
+    return isinstance(text, str) and "No space left on device" in text
 
 
 def commit_dir(tmp: Path, final: Path) -> None:

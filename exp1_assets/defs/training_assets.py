@@ -63,6 +63,11 @@ def build_train_spec(config: TrainConfig, *, size: str, store: ArtifactStore, ou
     """The spec for this size: registry defaults, the packed data's shape, then config overrides."""
     from exp1_assets.training.spec import TrainSpec
 
+    # 0 means "the size's default" below; a negative number is a typo, not a default (a negative
+    # max_steps would otherwise silently switch to whole-epoch training).
+    for name in ("max_steps", "per_device_batch", "grad_accum", "learning_rate"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: must be positive (or 0 for the size's default), got {getattr(config, name)}")
     packed = store.path("packed_dataset")
     meta = json.loads((packed / "meta.json").read_text())
     overrides: dict[str, Any] = {
@@ -103,7 +108,7 @@ def build_train_spec(config: TrainConfig, *, size: str, store: ArtifactStore, ou
     partitions_def=size_partitions,
     deps=[packed_dataset],
     pool="gpu",
-    code_version=code_version("training/train.py", "training/model.py", "training/spec.py",
+    code_version=code_version("training/train.py", "training/model.py", "training/spec.py", "training/integrity.py",
                               "training/callbacks.py", "sizes.py"),
     retry_policy=RetryPolicy(max_retries=1, delay=5, backoff=Backoff.LINEAR),
     check_specs=[

@@ -95,9 +95,13 @@ def _decode_new_tokens(tokenizer: Any, new_ids: Any, *, eos_id: int) -> Generati
 def generate_batched(
     model: Any, tokenizer: Any, prompts_messages: Sequence[Sequence[dict]], *, max_new_tokens: int,
     batch_size: int, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-    repetition_penalty: float = 1.0, seed: int = 0,
+    repetition_penalty: float = 1.0, seed: int = 0, token_budget: int = 4096,
 ) -> list[Generation]:
     """Generate one reply per conversation prefix, in the input order.
+
+    A batch closes at `batch_size` prompts or when its padded size (rows x longest prompt) would
+    pass `token_budget`: one long outlier must not pad 31 short prompts to its length
+    (bench/RESULTS.md: 2,237 real prompt tokens padded to 18,592 with fixed batches of 32).
 
     Seeding: each batch reseeds torch with `seed + batch index`, so a rerun with the same inputs
     and batch size samples the same tokens (batch composition still matters when sampling).
@@ -117,8 +121,8 @@ def generate_batched(
     results: list[Generation | None] = [None] * len(texts)
     model.eval()
     with torch.inference_mode(), _left_padding(tokenizer):
-        for batch_index, start in enumerate(range(0, len(order), batch_size)):
-            indices = order[start:start + batch_size]
+        for batch_index, indices in enumerate(_batches(order, lengths, batch_size=batch_size,
+                                                        token_budget=token_budget)):
             enc = tokenizer([texts[i] for i in indices], return_tensors="pt", padding=True,
                             truncation=True, max_length=budget, add_special_tokens=False).to(device)
             torch.manual_seed(seed + batch_index)
@@ -127,6 +131,24 @@ def generate_batched(
             for row, i in enumerate(indices):
                 results[i] = _decode_new_tokens(tokenizer, new_tokens[row], eos_id=kwargs["eos_token_id"])
     return [r for r in results if r is not None]
+
+
+def _batches(order: Sequence[int], lengths: Sequence[int], *, batch_size: int,
+             token_budget: int) -> Iterator[list[int]]:
+    """Group indices (longest first) into batches under both limits.
+
+    >>> list(_batches([0, 1, 2, 3], [100, 10, 10, 10], batch_size=4, token_budget=120))
+    [[0], [1, 2, 3]]
+    """
+    current: list[int] = []
+    for index in order:
+        longest = lengths[current[0]] if current else lengths[index]
+        if current and (len(current) >= batch_size or (len(current) + 1) * longest > token_budget):
+            yield current
+            current = []
+        current.append(index)
+    if current:
+        yield current
 
 
 def generate_one_at_a_time(

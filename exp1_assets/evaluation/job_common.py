@@ -71,14 +71,39 @@ def load_checkpoint(path: str, *, device: str) -> tuple[Any, Any]:
     """Model (eval mode, on `device`) and tokenizer from a self-describing checkpoint dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from exp1_assets.training.integrity import verify_checkpoint
+
     if not Path(path, "config.json").is_file():
         raise ValueError(f"checkpoint_path: {path} has no config.json (not a save_pretrained model folder)")
+    if not any(Path(path).glob("*.safetensors")):
+        raise ValueError(f"checkpoint_path: {path} has no safetensors weights "
+                         f"(pickled .bin weights are never loaded); {_rematerialize(path)}")
+    problem = verify_checkpoint(path)
+    if problem:
+        raise ValueError(f"damaged checkpoint: {problem}; {_rematerialize(path)}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>"):
         raise ValueError(f"{path}: the tokenizer needs a pad token distinct from <|im_end|>")
-    model = AutoModelForCausalLM.from_pretrained(path).to(device)
+    # use_safetensors=True: never fall back to unpickling a pytorch_model.bin found in the folder.
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device)
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:
+        raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding "
+                         f"has {embeddings} rows (a tokenizer from another run?); {_rematerialize(path)}")
     model.eval()
     return model, tokenizer
+
+
+def _rematerialize(path: str) -> str:
+    """What to do about a broken checkpoint: name the asset partition that rebuilds it."""
+    size = Path(path).name
+    spec_file = Path(path, "train_spec.json")
+    if spec_file.is_file():
+        try:
+            size = str(json.loads(spec_file.read_text()).get("size") or size)
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return f"rematerialize model_checkpoint[{size}]"
 
 
 def md_metadata(text: str) -> dict[str, str]:

@@ -6,8 +6,11 @@ stderr otherwise); every rank runs the callback but only rank 0's reporter is li
 
 from __future__ import annotations
 
+import json
+
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -15,6 +18,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from exp1_assets.runtime import Reporter, global_rank
 
 FAULT_RANK_ENV = "EXP1_FAULT_RANK"
+HANG_RANK_ENV = "EXP1_HANG_RANK"
 
 
 def format_duration(seconds: float) -> str:
@@ -68,11 +72,48 @@ class ProgressCallback(TrainerCallback):
         )
 
 
+class ManifestCallback(TrainerCallback):
+    """After each Trainer save, rank 0 records sizes and sha256s of the checkpoint's files.
+
+    Resume verifies them (train.latest_checkpoint) and falls back to an earlier checkpoint if
+    the latest one was damaged.
+    """
+
+    def on_save(self, args: TrainingArguments, state: TrainerState,
+                control: TrainerControl, **kwargs: Any) -> None:
+        from exp1_assets.training.integrity import write_manifest
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_manifest(folder)
+
+
 class FaultInjectionCallback(TrainerCallback):
-    """Raise on the rank named by $EXP1_FAULT_RANK when training begins (tests of error reporting)."""
+    """Test-only faults when training begins: raise on the rank named by $EXP1_FAULT_RANK
+    (error reporting), sleep forever on the rank named by $EXP1_HANG_RANK (stall detection)."""
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kwargs: Any) -> None:
         target = os.environ.get(FAULT_RANK_ENV, "")
         if target and int(target) == global_rank():
             raise RuntimeError(f"injected fault on rank {global_rank()} ({FAULT_RANK_ENV}={target})")
+        hang = os.environ.get(HANG_RANK_ENV, "")
+        if hang and int(hang) == global_rank():
+            while True:  # the other ranks block in their first collective: the whole job stalls
+                time.sleep(3600)
+
+
+class InitialLossCallback(TrainerCallback):
+    """Keep the untrained model's validation loss (the `eval_on_start` evaluation) on disk at once.
+
+    A run killed before it finishes still leaves it, so a resumed run reports the real "before"
+    value instead of evaluating its partly trained model.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001 - HF signature
+        if state.global_step == 0 and state.is_world_process_zero and metrics and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"eval_loss": float(metrics["eval_loss"])}))

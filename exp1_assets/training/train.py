@@ -82,17 +82,30 @@ def fused_adamw_available() -> bool:
     return True
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The highest checkpoint-<step> dir that finished saving (its trainer_state.json exists)."""
+def latest_checkpoint(run_dir: str | Path, *, reporter: Reporter | None = None) -> Path | None:
+    """The highest checkpoint-<step> dir that finished saving and verifies (training/integrity.py).
+
+    A damaged checkpoint (truncated or corrupted weights, a file missing) is skipped in favour of
+    the previous good one, with a warning naming the file: resuming from garbage is worse than
+    redoing a few hundred steps.
+    """
+    from exp1_assets.training.integrity import verify_checkpoint
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
     complete = [p for p in run_dir.iterdir()
                 if CHECKPOINT_RE.match(p.name) and (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)), default=None)
+    for candidate in sorted(complete, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)), reverse=True):
+        problem = verify_checkpoint(candidate)
+        if problem is None:
+            return candidate
+        if reporter is not None:
+            reporter.warning(f"skipping damaged checkpoint {candidate.name}: {problem}")
+    return None
 
 
-def training_arguments(spec: TrainSpec, *, precision: str):
+def training_arguments(spec: TrainSpec, *, precision: str, eval_on_start: bool = False):
     from transformers import TrainingArguments
 
     if spec.report_to == "wandb":
@@ -106,6 +119,13 @@ def training_arguments(spec: TrainSpec, *, precision: str):
         os.environ.setdefault("WANDB_DIR", spec.wandb_dir or str(Path(spec.run_dir) / "wandb"))
     return TrainingArguments(
         output_dir=spec.run_dir,
+        # Without CUDA, say so: otherwise Trainer sees no distributed backend under
+        # `accelerate launch --multi_gpu` on CPU, and every rank trains alone on all the data
+        # (and all of them write the same checkpoint folder). With it, ranks run DDP over gloo.
+        use_cpu=not torch.cuda.is_available(),
+        # The initial model's validation loss, measured inside train(): a `trainer.evaluate()`
+        # before `train()` leaves the model unwrapped, and the ranks then train without DDP.
+        eval_on_start=eval_on_start,
         max_steps=spec.max_steps if spec.max_steps > 0 else -1,
         num_train_epochs=spec.num_epochs,
         per_device_train_batch_size=spec.per_device_batch,
@@ -169,6 +189,7 @@ def weights_version(output_dir: Path) -> str:
 
 def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], reporter: Reporter) -> None:
     """Rank 0: the self-describing checkpoint + its report (docs/artifacts.md)."""
+    from exp1_assets.training.integrity import write_manifest
     from exp1_assets.training.loss_curve import markdown_image, plot_loss_curve
 
     output_dir = Path(spec.output_dir)
@@ -187,13 +208,16 @@ def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], r
                             title=f"{spec.size} ({spec.architecture})")
     metadata: dict[str, Any] = {k: v for k, v in result.items() if v is not None}
     metadata["loss_curve"] = {"type": "md", "raw_value": markdown_image(curve)}
+    write_manifest(output_dir)  # last: evaluation verifies the weights against it before loading
     reporter.report_materialization(metadata=metadata, data_version=weights_version(output_dir))
 
 
 def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
     from transformers import AutoTokenizer, PrinterCallback, Trainer
 
-    from exp1_assets.training.callbacks import FaultInjectionCallback, ProgressCallback
+    from exp1_assets.training.callbacks import (
+        FaultInjectionCallback, InitialLossCallback, ManifestCallback, ProgressCallback,
+    )
     from exp1_assets.training.model import build_model
 
     started = time.perf_counter()
@@ -214,31 +238,28 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
     param_count = sum(p.numel() for p in model.parameters())
     precision = resolve_precision(spec.precision)
     progress = ProgressCallback(reporter)
+    # Val loss of the initial model (same seed -> same init on a relaunch), cached across resumes.
+    resume_from = latest_checkpoint(spec.run_dir, reporter=reporter)
+    before_file = Path(spec.run_dir) / "val_loss_before.json"
+    cached_before = resume_from is not None and before_file.is_file()
     trainer = Trainer(
-        model=model, args=training_arguments(spec, precision=precision),
+        model=model, args=training_arguments(spec, precision=precision, eval_on_start=not cached_before),
         train_dataset=train_blocks, eval_dataset=validation_blocks, data_collator=collate_blocks,
         processing_class=tokenizer,  # lets Trainer count non-pad tokens seen
-        callbacks=[progress, FaultInjectionCallback()],
+        callbacks=[progress, ManifestCallback(), FaultInjectionCallback(), InitialLossCallback(before_file)],
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; ProgressCallback reports
-    resume_from = latest_checkpoint(spec.run_dir)
     reporter.log(f"training {spec.size}/{spec.architecture}: {param_count:,} params, {len(train_blocks)} "
                  f"blocks, world size {world_size()}, precision {precision}, spec {spec.spec_hash()}"
                  + (f", resuming from {resume_from.name}" if resume_from else ""))
 
-    # Val loss of the initial model (same seed -> same init on a relaunch), cached across resumes.
-    before_file = Path(spec.run_dir) / "val_loss_before.json"
-    if resume_from is not None and before_file.is_file():
-        val_loss_before = json.loads(before_file.read_text())["eval_loss"]
-    else:
-        val_loss_before = trainer.evaluate()["eval_loss"]
-        if trainer.is_world_process_zero():
-            before_file.parent.mkdir(parents=True, exist_ok=True)
-            before_file.write_text(json.dumps({"eval_loss": val_loss_before}))
-
     train_started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - train_started
+    if before_file.is_file():  # written by rank 0 at the step-0 evaluation (InitialLossCallback)
+        val_loss_before = json.loads(before_file.read_text())["eval_loss"]
+    else:
+        val_loss_before = next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
     last_eval = [e for e in trainer.state.log_history if "eval_loss" in e]
     if last_eval and last_eval[-1]["step"] == trainer.state.global_step:
         val_loss_after = last_eval[-1]["eval_loss"]
@@ -246,9 +267,16 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
         val_loss_after = trainer.evaluate()["eval_loss"]
 
     if spec.debug_rank_hashes:
-        debug_file = Path(spec.run_dir) / "debug" / f"rank{global_rank()}_params.sha256"
-        debug_file.parent.mkdir(parents=True, exist_ok=True)
-        debug_file.write_text(params_digest(trainer.accelerator.unwrap_model(trainer.model)))
+        # Every rank's final weights, to compare across ranks (tests). Not bitwise: gloo's
+        # all-reduce may round differently per rank on CPU (seen: ~3e-8 relative after 3 steps).
+        debug_dir = Path(spec.run_dir) / "debug"
+        debug_dir.mkdir(parents=True, exist_ok=True)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        (debug_dir / f"rank{global_rank()}_params.sha256").write_text(params_digest(model))
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
+                  str(debug_dir / f"rank{global_rank()}_params.safetensors"))
     if not trainer.is_world_process_zero():
         return None
 
@@ -266,7 +294,7 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
         "wall_time_s": float(time.perf_counter() - started), "train_time_s": float(train_seconds),
         "tokens_per_s": float(session_tokens / max(train_seconds, 1e-9)),
         "param_count": int(param_count), "resumed_from_step": resumed_step,
-        "world_size": int(world_size()), "precision": precision,
+        "world_size": int(trainer.args.world_size), "precision": precision,  # ranks really in DDP
         "device": str(trainer.args.device),
     }
     save_final(trainer=trainer, tokenizer=tokenizer, spec=spec, result=result, reporter=reporter)

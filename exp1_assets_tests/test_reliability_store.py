@@ -1,0 +1,106 @@
+"""Reliability of the artifact store: one writer per artifact, and a full disk said plainly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from dagster import Failure, materialize
+
+from exp1_assets.defs.store import ArtifactStore
+from exp1_assets_tests.test_graph import _assets
+
+HOLD = """
+import sys, time
+from exp1_assets.defs.store import ArtifactStore
+with ArtifactStore(root=sys.argv[1]).staging("model_checkpoint", "tiny") as out:
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_writer_of_the_same_partition_fails_fast_naming_the_holder(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        store = ArtifactStore(root=str(tmp_path))
+        with pytest.raises(Failure) as caught:
+            with store.staging("model_checkpoint", "tiny"):
+                pytest.fail("the body must not run while another run writes")
+        assert f"model_checkpoint[tiny] is being written by another run (pid {holder.pid})" in str(caught.value)
+        assert caught.value.allow_retries is False
+        with store.staging("model_checkpoint", "125M") as out:  # another size is another artifact
+            (out / "ok").write_text("x")
+        assert (tmp_path / "model_checkpoint" / "125M" / "ok").exists()
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait()
+    with ArtifactStore(root=str(tmp_path)).staging("model_checkpoint", "tiny") as out:
+        (out / "ok").write_text("x")
+    assert (tmp_path / "model_checkpoint" / "tiny" / "ok").exists()
+
+
+def test_two_sizes_written_at_once_both_commit(tmp_path: Path) -> None:
+    store, both_inside, errors = ArtifactStore(root=str(tmp_path)), threading.Barrier(2, timeout=10), []
+
+    def write(size: str) -> None:
+        try:
+            with store.staging("model_checkpoint", size) as out:
+                both_inside.wait()  # both writers are inside their staging at the same moment
+                (out / "weights").write_text(size)
+        except Exception as error:  # noqa: BLE001 - collected for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(size,)) for size in ("tiny", "125M")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert {p.name: (p / "weights").read_text() for p in (tmp_path / "model_checkpoint").iterdir()
+            if not p.name.startswith(".")} == {"tiny": "tiny", "125M": "125M"}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 4 MiB tmpfs (needs root/CAP_SYS_ADMIN); unmounted afterwards."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_fails_clearly_and_keeps_the_previous_artifact(small_disk: Path, monkeypatch) -> None:
+    monkeypatch.setenv("EXP1_HOME", str(small_disk))
+    store = ArtifactStore()
+    run_config = {"ops": {"raw_conversations": {"config": {"builtin_size": 300}}}}
+    assert materialize(_assets("raw_conversations"), resources={"store": store}, run_config=run_config).success
+    final = small_disk / "raw_conversations"
+    before = {p.name: p.read_bytes() for p in final.iterdir()}
+    # Fill the disk to the last few KB, then ask for a bigger corpus.
+    filler = small_disk / f"filler-{uuid.uuid4().hex[:6]}"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+    os.truncate(filler, filler.stat().st_size - 16 * 1024)  # ~16 KB left: the write starts, then fails
+    result = materialize(_assets("raw_conversations"), resources={"store": store}, raise_on_error=False,
+                         run_config={"ops": {"raw_conversations": {"config": {"builtin_size": 3000}}}})
+    assert not result.success
+    failure = result.failure_data_for_node("raw_conversations")
+    message = failure.user_failure_data.description if failure.user_failure_data else str(failure.error)
+    assert f"disk full while writing {final}: free space or point EXP1_HOME elsewhere" in message
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == before  # the previous artifact, intact
+    assert not [p.name for p in small_disk.iterdir() if p.name.startswith((".tmp-", ".old-"))]
