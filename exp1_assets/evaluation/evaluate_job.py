@@ -143,9 +143,9 @@ def generation_metrics(model: Any, tokenizer: Any, spec: EvalSpec, *, reporter: 
 def probe_metrics(model: Any, tokenizer: Any, spec: EvalSpec) -> dict[str, dict]:
     from exp1_assets.evaluation.generation import generate_batched
     from exp1_assets.evaluation.metrics import exact_accuracy
-    from exp1_assets.evaluation.prompts import PROBES
+    from exp1_assets.evaluation.prompts import PROBES, few_shot_messages
 
-    gens = generate_batched(model, tokenizer, [[{"role": "user", "content": p["prompt"]}] for p in PROBES],
+    gens = generate_batched(model, tokenizer, [few_shot_messages(p) for p in PROBES],
                             max_new_tokens=min(spec.max_new_tokens, 32), batch_size=spec.generation_batch_size)
     return exact_accuracy(predictions=[g.text for g in gens], answers=[p["answer"] for p in PROBES],
                           tasks=[p["category"] for p in PROBES])

@@ -75,6 +75,27 @@ PROBES: tuple[dict[str, str], ...] = (
 )
 
 
+# Worked examples shown before every probe, as earlier turns of the same chat (few-shot): the
+# probe then measures whether the model picks up the answer format from context.
+FEW_SHOT: dict[str, tuple[tuple[str, str], ...]] = {
+    "qa": (("What is the capital of Italy?", "Rome"), ("How many legs does a spider have?", "8")),
+    "arithmetic": (("What is 4 + 4?", "8"), ("What is 9 - 3?", "6")),
+    "completion": (("Complete the sequence: 1, 2, 3, ...", "4"), ("Reverse the word 'dog'.", "god")),
+}
+
+
+def few_shot_messages(probe: dict[str, str]) -> list[dict[str, str]]:
+    """The probe as a chat: its category's worked examples, then the question.
+
+    >>> [m["role"] for m in few_shot_messages(PROBES[2])]
+    ['user', 'assistant', 'user', 'assistant', 'user']
+    """
+    messages = []
+    for question, answer in FEW_SHOT.get(probe["category"], ()):
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": probe["prompt"]}]
+
+
 def _validate_row(row: Any, *, where: str) -> dict[str, str]:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected an object with 'category' and 'prompt', got {type(row).__name__}")
