@@ -163,7 +163,9 @@ class JobLauncher(ConfigurableResource):
         """This launcher's Slurm settings as a request (`render_sbatch` turns it into the script)."""
         return SbatchRequest(
             job_name=job_name, module=module, spec_path=str(spec_path), log_path=str(log_path),
-            python=self.python or sys.executable, nodes=self.nodes,
+            python=self.python or sys.executable,
+            # A single-process job (evaluation, samples) needs one node, not the training allocation.
+            nodes=1 if num_processes == 1 else self.nodes,
             processes_per_node=num_processes or self.num_processes or self.gpus_per_node or 1,
             gpus_per_node=self.gpus_per_node, cpus_per_task=self.cpus_per_task,
             partition=self.partition, account=self.account, time_limit=self.time_limit,
