@@ -26,6 +26,11 @@ class ArtifactStore(ConfigurableResource):
     """Root of every artifact: `root`, else `$EXP1_HOME`, else `./.exp1_home`."""
 
     root: str = Field(default="", description="Artifact root; empty means $EXP1_HOME or ./.exp1_home")
+    keep_run_dirs: int = Field(
+        default=3, ge=0,
+        description="Run dirs kept per asset partition after a success (most recently used first, the "
+                    "current one always); 0 keeps all",
+    )
 
     @property
     def base(self) -> Path:
@@ -42,6 +47,33 @@ class ArtifactStore(ConfigurableResource):
         path = self.base.joinpath("runs", *parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def prune_run_dirs(self, asset: str, partition: str | None = None, *, current: Path) -> list[Path]:
+        """Delete all but the `keep_run_dirs` most recently used run dirs of a partition; return them.
+
+        Every training spec (each seed, learning rate, step count) gets its own run dir holding
+        `save_total_limit` full checkpoints (weights + optimizer state), and nothing removed them:
+        a sweep filled the disk by ~100 MB per run even for `tiny`. Called after a successful
+        commit only: a failed run's checkpoints are what its retry resumes from. Runs under the
+        partition's writer lock, so a run writing right now never loses its dir; if another run
+        holds the lock, nothing is pruned now (that run prunes when it succeeds).
+        """
+        if self.keep_run_dirs == 0:
+            return []
+        parent = self.base.joinpath("runs", *[p for p in (asset, partition) if p])
+        final = self.path(asset, partition)
+        final.parent.mkdir(parents=True, exist_ok=True)  # where the lock file lives
+        try:
+            with writer_lock(final, name=f"{asset}[{partition}]" if partition else asset):
+                # A dir's mtime changes whenever a checkpoint is added or rotated: "last used".
+                others = sorted((d for d in parent.iterdir() if d.is_dir() and d.resolve() != current.resolve()),
+                                key=lambda d: d.stat().st_mtime, reverse=True)
+                doomed = others[self.keep_run_dirs - 1:]
+                for path in doomed:
+                    shutil.rmtree(path, ignore_errors=True)
+        except Failure:
+            return []  # another run is writing this partition
+        return doomed
 
     @contextlib.contextmanager
     def staging(self, asset: str, partition: str | None = None) -> Iterator[Path]:

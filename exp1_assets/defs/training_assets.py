@@ -133,6 +133,10 @@ def model_checkpoint(
         reported = launcher.run(context, module=TRAIN_MODULE, spec_path=spec_path,
                                 run_dir=Path(spec.run_dir), num_processes=config.num_processes or None)
         result = json.loads((out / "train_result.json").read_text())
+    pruned = store.prune_run_dirs("model_checkpoint", size, current=Path(spec.run_dir))
+    if pruned:
+        context.log.info(f"removed {len(pruned)} older run dir(s) (keep_run_dirs={store.keep_run_dirs}): "
+                         + ", ".join(p.name for p in pruned))
     return _checkpoint_result(result, reported=reported, store=store, size=size,
                               extra_metadata=_size_metadata(spec, result))
 
