@@ -199,7 +199,7 @@ class JobLauncher(ConfigurableResource):
 
 def job_failure(*, job: JobHandle, code: int, run_dir: Path) -> Failure:
     """The real error: the first failing rank's traceback, else the tail of the job's log."""
-    rank_errors = sorted((run_dir / "errors").glob("rank*.txt"), key=lambda p: int(p.stem[4:]))
+    rank_errors = sorted((run_dir / "errors").glob("rank*.txt"), key=_root_cause_first)
     tail = job.log_tail()
     headline = ""
     if rank_errors:
@@ -217,6 +217,17 @@ def job_failure(*, job: JobHandle, code: int, run_dir: Path) -> Failure:
     # checkpoint. A job that rejected its own spec fails the same way every time: don't retry.
     deterministic = any(f": {name}:" in headline for name in DETERMINISTIC_ERRORS)
     return Failure(description=description, metadata=metadata, allow_retries=not deterministic)
+
+
+# When one rank dies, its peers fail too, inside a collective ("connection closed by peer").
+# Those are echoes: the root cause is the rank that failed otherwise, or else the first to fail.
+_ECHO_MARKERS = ("remote worker crashing", "Connection closed by peer", "Connection reset by peer",
+                 "NCCL communicator was aborted", "ProcessGroupGloo", "ProcessGroupNCCL")
+
+
+def _root_cause_first(path: Path) -> tuple[bool, float, int]:
+    text = path.read_text(errors="replace")[:4000]
+    return (any(marker in text for marker in _ECHO_MARKERS), path.stat().st_mtime, int(path.stem[4:]))
 
 
 DETERMINISTIC_ERRORS = ("ValueError", "TypeError", "KeyError", "FileNotFoundError", "NotImplementedError")
