@@ -89,3 +89,16 @@ def test_the_layering_check_can_fail(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom dagster import asset\n")
     assert "dagster" in _imported_modules(bad)
+
+
+def test_training_retries_come_from_the_environment(monkeypatch) -> None:
+    import pytest
+
+    from exp1_assets.defs.training_assets import model_checkpoint, training_retries
+
+    assert model_checkpoint.op.retry_policy.max_retries == training_retries() == 1
+    monkeypatch.setenv("EXP1_TRAIN_RETRIES", "3")
+    assert training_retries() == 3
+    monkeypatch.setenv("EXP1_TRAIN_RETRIES", "-1")
+    with pytest.raises(ValueError, match="EXP1_TRAIN_RETRIES"):
+        training_retries()

@@ -9,6 +9,7 @@ re-materialization of the same spec resumes instead of starting over.
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,22 @@ from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.defs.versions import code_version
 
 TRAIN_MODULE = "exp1_assets.training.train"
+
+
+def training_retries() -> int:
+    """How often a training run that died (killed, OOM, node lost) is retried: `EXP1_TRAIN_RETRIES`.
+
+    Each retry resumes from the latest checkpoint. Deterministic failures (a bad config, a job
+    that rejects its spec) raise `Failure(allow_retries=False)` and are never retried.
+    """
+    raw = os.environ.get("EXP1_TRAIN_RETRIES", "1")
+    try:
+        retries = int(raw)
+    except ValueError:
+        raise ValueError(f"EXP1_TRAIN_RETRIES: {raw!r} is not an integer") from None
+    if retries < 0:
+        raise ValueError(f"EXP1_TRAIN_RETRIES: must be >= 0, got {retries}")
+    return retries
 
 
 class TrainConfig(Config):
@@ -110,7 +127,7 @@ def build_train_spec(config: TrainConfig, *, size: str, store: ArtifactStore, ou
     pool="gpu",
     code_version=code_version("training/train.py", "training/model.py", "training/spec.py", "training/integrity.py",
                               "training/callbacks.py", "sizes.py"),
-    retry_policy=RetryPolicy(max_retries=1, delay=5, backoff=Backoff.LINEAR),
+    retry_policy=RetryPolicy(max_retries=training_retries(), delay=5, backoff=Backoff.LINEAR),
     check_specs=[
         AssetCheckSpec("loss_finite", asset="model_checkpoint", description="Final losses are finite"),
         AssetCheckSpec("validation_loss_decreased", asset="model_checkpoint",
