@@ -86,6 +86,10 @@ class ArtifactStore(ConfigurableResource):
         final = self.path(asset, partition)
         final.parent.mkdir(parents=True, exist_ok=True)
         with writer_lock(final, name=f"{asset}[{partition}]" if partition else asset):
+            # Holding the lock proves no other writer: temp dirs left here were orphaned by a
+            # killed process (SIGKILL runs no cleanup) and only cost disk.
+            for orphan in final.parent.glob(f".tmp-{final.name}-*"):
+                shutil.rmtree(orphan, ignore_errors=True)
             tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
             try:
                 tmp.mkdir()

@@ -1,0 +1,57 @@
+"""SIGKILL while packing: nothing half-written at the final path, and the next run succeeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exp1_assets_tests.run_configs import fast_run_config, only
+from exp1_assets_tests.test_graph import DATA, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _materialize(home: Path, tmp_path: Path, config: dict) -> subprocess.Popen:
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir(exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text((REPO / "scripts" / "dagster.yaml").read_text())
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    env = {**os.environ, "EXP1_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "exp1_assets.definitions",
+         "--select", ",".join(DATA), "--config", str(tmp_path / "run.json")],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def test_sigkill_during_packing_leaves_the_previous_blocks_and_the_next_run_succeeds(tmp_path: Path) -> None:
+    home = tmp_path / "exp1_home"
+    small = only(fast_run_config(builtin_size=1500), *DATA)
+    assert _materialize(home, tmp_path, small).wait(timeout=300) == 0
+    before = (home / "packed_dataset" / "train.arrow").read_bytes()
+
+    # A bigger corpus so that packing lasts long enough to be caught in the act.
+    big = only(fast_run_config(builtin_size=20_000), *DATA)
+    big["ops"]["packed_dataset"]["config"]["chunk_rows"] = 500
+    proc = _materialize(home, tmp_path, big)
+    deadline = time.time() + 300
+    while not list(home.glob(".tmp-packed_dataset-*/train.arrow*")):
+        assert proc.poll() is None, "the run ended before packing was caught"
+        assert time.time() < deadline, "packing never started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process tree, as a lost node would
+    proc.wait(timeout=30)
+
+    assert (home / "packed_dataset" / "train.arrow").read_bytes() == before  # untouched
+    assert list(home.glob(".tmp-packed_dataset-*"))  # the killed writer could not clean up...
+    assert _materialize(home, tmp_path, big).wait(timeout=600) == 0
+    assert not list(home.glob(".tmp-*"))  # ...the next writer, holding the lock, did
+    meta = json.loads((home / "packed_dataset" / "meta.json").read_text())
+    assert meta["splits"]["train"]["conversations"] > 10_000
