@@ -125,3 +125,16 @@ def test_a_hanging_rank_is_stopped_by_the_stall_timeout(home: Path) -> None:
     assert "made no progress for" in message and "stall_timeout_s=20" in message
     assert not _job_processes(str(home))
     assert not (home / "model_checkpoint" / "tiny").exists()
+
+
+def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(home: Path) -> None:
+    """The job dies mid-write of checkpoint-8 (weights cut short, then SIGKILL of the group): the
+    retry finds checkpoint-8 damaged, skips it, resumes from checkpoint-4 and ends at the planned step."""
+    launcher = JobLauncher(extra_env={"EXP1_KILL_DURING_SAVE": "8"})
+    result = _train(home, launcher=launcher, max_steps=STEPS, save_steps=SAVE)
+    assert result.success  # the first attempt died; the retry policy's attempt finished
+    runs = home / "runs" / "model_checkpoint" / "tiny"
+    assert (next(runs.glob("*/killed-during-save"))).read_text() == "8"
+    trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
+    # 4, not 8: the half-written checkpoint-8 failed verification and was skipped.
+    assert trained["resumed_from_step"] == 4 and trained["steps"] == STEPS

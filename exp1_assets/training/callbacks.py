@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from exp1_assets.runtime import Reporter, global_rank
 
 FAULT_RANK_ENV = "EXP1_FAULT_RANK"
+KILL_DURING_SAVE_ENV = "EXP1_KILL_DURING_SAVE"
 HANG_RANK_ENV = "EXP1_HANG_RANK"
 
 
@@ -101,6 +103,22 @@ class FaultInjectionCallback(TrainerCallback):
         if hang and int(hang) == global_rank():
             while True:  # the other ranks block in their first collective: the whole job stalls
                 time.sleep(3600)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState,
+                control: TrainerControl, **kwargs: Any) -> None:
+        """$EXP1_KILL_DURING_SAVE=<step>: die mid-write of that checkpoint (its weights cut short)."""
+        step = os.environ.get(KILL_DURING_SAVE_ENV, "")
+        if not step or int(step) != state.global_step or not state.is_world_process_zero:
+            return
+        marker = Path(args.output_dir) / "killed-during-save"
+        if marker.exists():  # once per run dir: the retry must be allowed to finish
+            return
+        marker.write_text(step)
+        weights = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "model.safetensors"
+        if weights.exists():
+            with open(weights, "r+b") as f:
+                f.truncate(weights.stat().st_size // 2)
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job, as a lost node would
 
 
 class InitialLossCallback(TrainerCallback):
