@@ -12,11 +12,13 @@ becomes the Dagster failure's description.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from dagster import (
     PipesEnvContextInjector,
     PipesExecutionResult,
     PipesFileMessageReader,
+    PipesSession,
     open_pipes_session,
 )
 from pydantic import Field
@@ -99,13 +102,7 @@ class JobLauncher(ConfigurableResource):
         )
         cmd = [self.python or sys.executable, "-m", "accelerate.commands.launch", *args,
                "-m", module, str(spec_path)]
-        with open_pipes_session(
-            context=context,
-            context_injector=PipesEnvContextInjector(),
-            message_reader=PipesFileMessageReader(str(messages)),
-        ) as session:
-            env = {**os.environ, **self.extra_env, **session.get_bootstrap_env_vars(),
-                   "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with self._pipes_session(context, messages=messages) as (session, env):
             context.log.info(f"launching {module} on {procs} process(es): {' '.join(cmd)}")
             job = LocalJob.start(cmd=cmd, env=env, log_path=run_dir / "job.log")
             self._follow(context, job=job, messages=messages, run_dir=run_dir)
@@ -136,13 +133,7 @@ class JobLauncher(ConfigurableResource):
         script = render_sbatch(request)
         script_path = shared / f"slurm-{tag}.sbatch"
         script_path.write_text(script)
-        with open_pipes_session(
-            context=context,
-            context_injector=PipesEnvContextInjector(),
-            message_reader=PipesFileMessageReader(str(messages)),
-        ) as session:
-            env = {**os.environ, **self.extra_env, **session.get_bootstrap_env_vars(),
-                   "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with self._pipes_session(context, messages=messages) as (session, env):
             try:
                 job = SlurmJob.submit(script_path=script_path, log_path_template=request.log_path, env=env)
             except RuntimeError as exc:
@@ -172,6 +163,20 @@ class JobLauncher(ConfigurableResource):
             extra_sbatch_lines=tuple(self.extra_sbatch_lines), setup_script=self.setup_script,
             mixed_precision=self.mixed_precision, accelerate_config_file=self.accelerate_config_file,
         )
+
+    @contextlib.contextmanager
+    def _pipes_session(
+        self, context: AssetExecutionContext, *, messages: Path
+    ) -> Iterator[tuple[PipesSession, dict[str, str]]]:
+        """A Pipes session (context in the environment, messages in a file) and the job's env."""
+        with open_pipes_session(
+            context=context,
+            context_injector=PipesEnvContextInjector(),
+            message_reader=PipesFileMessageReader(str(messages)),
+        ) as session:
+            env = {**os.environ, **self.extra_env, **session.get_bootstrap_env_vars(),
+                   "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+            yield session, env
 
     def _follow(
         self, context: AssetExecutionContext, *, job: JobHandle, messages: Path, run_dir: Path
