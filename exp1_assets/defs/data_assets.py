@@ -6,7 +6,6 @@ code server never imports pyarrow/transformers just to list the graph.
 """
 
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +278,3 @@ def _md_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
