@@ -13,7 +13,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 COMMANDS = (
     ["train_throughput.py", "--tokens-per-step", "4096", "--steps", "4"],
-    ["generation.py"],
+    ["generation.py", "--workload", "eval"],
+    ["generation.py", "--workload", "samples"],
     ["data_prep.py", "--rows", "100000"],
     ["end_to_end.py"],
 )
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = "--quick" in (sys.argv[1:] if argv is None else argv)
     failed = []
     for command in COMMANDS:
-        args = [command[0], "--quick"] if quick else command
+        args = [*command, "--quick"] if quick else command
         print(f"== {' '.join(args)}", flush=True)
         if subprocess.run([sys.executable, str(BENCH / args[0]), *args[1:]]).returncode != 0:
             failed.append(args[0])

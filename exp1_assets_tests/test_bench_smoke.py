@@ -17,13 +17,12 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def _run(script: str, out: Path, *args: str) -> dict:
+def _run(script: str, out: Path, *args: str, name: str = "") -> dict:
     env = {**os.environ, "BENCH_OUT_DIR": str(out), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    name = script.removesuffix(".py") + "_quick.json"
-    return json.loads((out / name).read_text())
+    return json.loads((out / f"{name or script.removesuffix('.py')}_quick.json").read_text())
 
 
 def test_train_throughput_quick(tmp_path: Path) -> None:
@@ -34,9 +33,12 @@ def test_train_throughput_quick(tmp_path: Path) -> None:
 
 
 def test_generation_quick(tmp_path: Path) -> None:
-    result = _run("generation.py", tmp_path)
-    assert result["identical"] + len(result["mismatches"]) == 4
+    result = _run("generation.py", tmp_path, "--hf-generate-side", name="generation_eval")
+    assert result["identical"] == 4 and not result["mismatches"]  # greedy: every side equals one at a time
+    assert {s["side"] for s in result["sides"]} == {"one_at_a_time", "batched", "hf_generate_batches"}
     assert result["ratio_prompts_per_s"] > 0
+    sampled = _run("generation.py", tmp_path, "--workload", "samples", name="generation_samples")
+    assert sampled["identical"] is None and sampled["sampling"]["do_sample"] is True
 
 
 def test_data_prep_quick(tmp_path: Path) -> None:

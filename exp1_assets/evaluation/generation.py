@@ -1,10 +1,10 @@
 """Chat generation: batched with left padding and a KV cache, plus the old one-at-a-time loop.
 
-Why batched: a one-prompt-at-a-time loop leaves a CPU/GPU idle on tiny matrix products; 1,000
-test prompts take many minutes that way. Batching prompts of similar length (sorted, so little
-padding) and left-padding them (so every row's next token sits at the same last column) gives
-the same greedy output an order of magnitude faster. `generate` derives position ids from the
-attention mask, so a left-padded row sees the same positions as when it runs alone.
+Why batched: a one-prompt-at-a-time loop leaves a CPU/GPU idle on tiny matrix products and pays
+per-step Python overhead once per token of every reply. Batching prompts of similar length
+(sorted, so little padding), left-padded (so every row's next token sits at the same last
+column), with positions counted over real tokens only, gives the same greedy output for a
+fraction of the steps (decoding.py holds the loop; bench/RESULTS.md the numbers).
 
 Generation stops at `<|im_end|>` (the chat template's end of turn), never at `<|endoftext|>`,
 and the pad token is set explicitly so HF does not fall back to eos as padding.
@@ -102,34 +102,40 @@ def generate_batched(
     A batch closes at `batch_size` prompts or when its padded size (rows x longest prompt) would
     pass `token_budget`: one long outlier must not pad 31 short prompts to its length
     (bench/RESULTS.md: 2,237 real prompt tokens padded to 18,592 with fixed batches of 32).
+    Each batch runs through `decoding.decode_batch`, where finished rows leave the batch.
 
-    Seeding: each batch reseeds torch with `seed + batch index`, so a rerun with the same inputs
-    and batch size samples the same tokens (batch composition still matters when sampling).
+    Seeding: batch i samples from a generator seeded with `seed + i`, so a rerun with the same
+    inputs and batch size samples the same tokens (batch composition still matters when sampling).
     """
     import torch
 
+    from exp1_assets.evaluation.decoding import Sampling, decode_batch
+
     if batch_size <= 0:
         raise ValueError(f"batch_size: must be positive, got {batch_size}")
-    kwargs = _generate_kwargs(tokenizer=tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                              temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
-    texts = render_prompts(tokenizer, prompts_messages)
+    _generate_kwargs(tokenizer=tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                     temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)  # validates
+    sampling = Sampling(do_sample=do_sample, temperature=temperature, top_p=top_p,
+                        repetition_penalty=repetition_penalty)
+    eos_id = end_of_turn_id(tokenizer)
     budget = prompt_budget(model, max_new_tokens=max_new_tokens)
-    lengths = [min(budget, len(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    # One batched tokenizer call; left truncation keeps the assistant header at the end.
+    prompt_ids = [ids[-budget:] for ids in
+                  tokenizer(render_prompts(tokenizer, prompts_messages), add_special_tokens=False)["input_ids"]]
+    lengths = [len(ids) for ids in prompt_ids]
     # Longest first: similar lengths share a batch (little padding), and an OOM shows up at once.
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-    device = next(model.parameters()).device
-    results: list[Generation | None] = [None] * len(texts)
+    order = sorted(range(len(prompt_ids)), key=lambda i: -lengths[i])
+    results: list[Generation | None] = [None] * len(prompt_ids)
     model.eval()
-    with torch.inference_mode(), _left_padding(tokenizer):
+    with torch.inference_mode():
         for batch_index, indices in enumerate(_batches(order, lengths, batch_size=batch_size,
                                                         token_budget=token_budget)):
-            enc = tokenizer([texts[i] for i in indices], return_tensors="pt", padding=True,
-                            truncation=True, max_length=budget, add_special_tokens=False).to(device)
-            torch.manual_seed(seed + batch_index)
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
-            new_tokens = out[:, enc["input_ids"].shape[1]:]
-            for row, i in enumerate(indices):
-                results[i] = _decode_new_tokens(tokenizer, new_tokens[row], eos_id=kwargs["eos_token_id"])
+            generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + batch_index)
+            replies = decode_batch(model, [prompt_ids[i] for i in indices], max_new_tokens=max_new_tokens,
+                                   eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, sampling=sampling,
+                                   generator=generator)
+            for i, reply in zip(indices, replies):
+                results[i] = _decode_new_tokens(tokenizer, reply, eos_id=eos_id)
     return [r for r in results if r is not None]
 
 
