@@ -17,8 +17,10 @@ from dagster import instance_for_test, materialize
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.training.integrity import MANIFEST_NAME, verify_checkpoint, write_manifest
+from exp1_assets.training.train import latest_checkpoint
 from exp1_assets_tests.run_configs import fast_run_config, only
 from exp1_assets_tests.test_graph import DATA, _assets
+from exp1_assets_tests.tmpfs import fill_disk, mounted_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -200,3 +202,35 @@ def test_planted_secrets_never_reach_any_file(trained: dict[str, Path], tmp_path
     script = render_sbatch(launcher.sbatch_request(job_name="exp1-train-tiny", module="m",
                                                    spec_path=tmp_path / "spec.json", log_path=tmp_path / "l.log"))
     assert not [value for value in SECRETS.values() if value in script]
+
+
+def test_disk_full_inside_the_training_job_fails_clearly_and_keeps_the_model(
+        trained: dict[str, Path], tmp_path: Path) -> None:
+    """The launched job hits ENOSPC writing its first checkpoint: a clear Failure, nothing lost."""
+    with mounted_tmpfs(tmp_path / "disk", size="256m") as disk:
+        home = disk / "exp1_home"
+        shutil.copytree(trained["home"], home)
+        final = home / "model_checkpoint" / "tiny"
+        before = {p.name: p.read_bytes() for p in final.iterdir()}
+        weights = (final / "model.safetensors").stat().st_size
+        fill_disk(disk, leave_bytes=weights // 2)  # room for the spec and logs, not for weights
+        config = only(fast_run_config(), "model_checkpoint")
+        config["ops"]["model_checkpoint"]["config"]["seed"] = 1  # a new spec: trains from step 0
+        logs: list[str] = []
+        with instance_for_test() as instance:
+            result = materialize(_assets("model_checkpoint"), instance=instance, partition_key="tiny",
+                                 run_config=config, raise_on_error=False,
+                                 resources={"store": ArtifactStore(root=str(home)), "launcher": JobLauncher()})
+            logs.extend(entry.user_message for entry in instance.all_logs(result.run_id))
+        assert not result.success
+        message = _failure_message(result, "model_checkpoint")
+        assert f"disk full while writing {final}: free space or point EXP1_HOME elsewhere" in message
+        assert "No space left on device" in message and "rank 0" in message  # the job's own error
+        assert any("training tiny" in m for m in logs)  # it failed inside the launched job, not before
+        assert {p.name: p.read_bytes() for p in final.iterdir()} == before  # the previous model, intact
+        assert not [p.name for p in final.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+        # Whatever the failed job left in its own run dir is never mistaken for a good checkpoint.
+        runs = home / "runs" / "model_checkpoint" / "tiny"
+        new_run = next(d for d in runs.iterdir() if json.loads((d / "spec.json").read_text())["seed"] == 1)
+        assert all(verify_checkpoint(c) is not None for c in new_run.glob("checkpoint-*"))
+        assert latest_checkpoint(new_run) is None  # a retry after freeing space starts clean

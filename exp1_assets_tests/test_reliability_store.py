@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from dagster import Failure, materialize
 
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets_tests.test_graph import _assets
+from exp1_assets_tests.tmpfs import fill_disk, mounted_tmpfs
 
 HOLD = """
 import sys, time
@@ -68,16 +67,9 @@ def test_two_sizes_written_at_once_both_commit(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A 4 MiB tmpfs (needs root/CAP_SYS_ADMIN); unmounted afterwards."""
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); needs root")
-    try:
+    """A 4 MiB tmpfs; unmounted afterwards."""
+    with mounted_tmpfs(tmp_path / "small_disk", size="4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_disk_full_fails_clearly_and_keeps_the_previous_artifact(small_disk: Path, monkeypatch) -> None:
@@ -87,15 +79,7 @@ def test_disk_full_fails_clearly_and_keeps_the_previous_artifact(small_disk: Pat
     assert materialize(_assets("raw_conversations"), resources={"store": store}, run_config=run_config).success
     final = small_disk / "raw_conversations"
     before = {p.name: p.read_bytes() for p in final.iterdir()}
-    # Fill the disk to the last few KB, then ask for a bigger corpus.
-    filler = small_disk / f"filler-{uuid.uuid4().hex[:6]}"
-    with open(filler, "wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-        except OSError:
-            pass
-    os.truncate(filler, filler.stat().st_size - 16 * 1024)  # ~16 KB left: the write starts, then fails
+    fill_disk(small_disk, leave_bytes=16 * 1024)  # ~16 KB left: the write starts, then fails
     result = materialize(_assets("raw_conversations"), resources={"store": store}, raise_on_error=False,
                          run_config={"ops": {"raw_conversations": {"config": {"builtin_size": 3000}}}})
     assert not result.success

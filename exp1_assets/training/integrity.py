@@ -84,12 +84,15 @@ def verify_checkpoint(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return f"{folder}: not a directory"
-    for path in sorted(folder.glob("*.safetensors")):
+    weights = sorted(folder.glob("*.safetensors"))
+    for path in weights:
         problem = safetensors_problem(path)
         if problem:
             return problem
     manifest = folder / MANIFEST_NAME
     if not manifest.is_file():
+        if not weights:  # e.g. the save died (disk full, kill) before the weights were written
+            return f"{folder}: no {MANIFEST_NAME} and no *.safetensors weights (an unfinished save)"
         return None  # an older checkpoint: the header checks above are all we can do
     try:
         files = json.loads(manifest.read_text())["files"]
