@@ -63,7 +63,10 @@ def run_stage(stage: str, work: Path, args) -> dict:
 
         stats = pack_dataset(tokenizer_dir=work / "tokenizer", splits_dir=work / "splits", out_dir=work / "packed",
                              max_length=args.max_length)
-        info = {"tokens": sum(s.tokens for s in stats.values()), "blocks": sum(s.blocks for s in stats.values()),
+        # Tokens tokenized (the throughput's numerator), packed or counted as carrying no loss.
+        info = {"tokens": sum(s.tokens + s.tokens_without_loss for s in stats.values()),
+                "tokens_without_loss": sum(s.tokens_without_loss for s in stats.values()),
+                "blocks": sum(s.blocks for s in stats.values()),
                 "padding_fraction_train": stats["train"].padding_fraction}
     elif stage == "raw_encode":
         info = raw_encode(work)
@@ -120,8 +123,9 @@ def side_by_side(work: Path, *, rows: int, max_length: int) -> dict:
         for side in (list(times) if round_index % 2 == 0 else list(reversed(times))):
             started = time.perf_counter()
             if side == "pack_split":
-                tokens = pack_split(tokenizer=tokenizer, conversations_path=sample, out_path=work / "sbs.arrow",
-                                    max_length=max_length).tokens
+                packed = pack_split(tokenizer=tokenizer, conversations_path=sample, out_path=work / "sbs.arrow",
+                                    max_length=max_length)
+                tokens = packed.tokens + packed.tokens_without_loss
             else:  # reading + rendering included here too: the same work minus labels and packing
                 messages = pq.read_table(sample, columns=["messages"]).column("messages").to_pylist()
                 texts = [render_chatml(m) for m in messages]

@@ -149,20 +149,24 @@ def test_pack_split_invariants(tokenizer, tmp_path):
     for ids, labels in zip(table["input_ids"], table["labels"]):  # a pad is never a target
         assert all(label == IGNORE_INDEX for token, label in zip(ids, labels) if token == pad)
 
-    # Every real token exactly once, in order, with the reference labels: the packed documents
-    # are exactly the reference conversations cut into MAX_LENGTH chunks.
-    expected = []
+    # Every real token of a piece that trains something exactly once, in order, with the
+    # reference labels: the packed documents are the reference conversations cut into
+    # MAX_LENGTH chunks, minus the chunks without any target (counted instead).
+    expected, lossless = [], []
     for chat in chats:
         ids, labels = slow_reference(tokenizer, chat)
         for start in range(0, len(ids), MAX_LENGTH):
             chunk_labels = [IGNORE_INDEX] + labels[start + 1:start + MAX_LENGTH]
-            expected.append((tuple(ids[start:start + MAX_LENGTH]), tuple(chunk_labels)))
+            chunk = (tuple(ids[start:start + MAX_LENGTH]), tuple(chunk_labels))
+            (expected if any(label != IGNORE_INDEX for label in chunk_labels) else lossless).append(chunk)
+    assert lossless, "the test corpus must exercise a chunk without targets"
     assert Counter(documents_in_blocks(table, pad)) == Counter(expected)
+    assert (stats.pieces_without_loss, stats.tokens_without_loss) == (len(lossless), sum(len(c[0]) for c in lossless))
 
     lengths = [len(slow_reference(tokenizer, chat)[0]) for chat in chats]
     too_long = [n for n in lengths if n > MAX_LENGTH]
     assert too_long, "the test corpus must exercise overflow"
-    assert (stats.conversations, stats.tokens) == (len(chats), sum(lengths))
+    assert (stats.conversations, stats.tokens + stats.tokens_without_loss) == (len(chats), sum(lengths))
     assert (stats.truncated_conversations, stats.overflow_tokens) == (len(too_long), sum(n - MAX_LENGTH for n in too_long))
     assert stats.loss_tokens == sum(label != IGNORE_INDEX for row in table["labels"] for label in row)
     assert stats.loss_fraction == pytest.approx(stats.loss_tokens / (stats.blocks * MAX_LENGTH), abs=1e-6)

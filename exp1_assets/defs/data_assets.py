@@ -223,6 +223,7 @@ def packed_dataset(context: AssetExecutionContext, config: PackedConfig, store: 
         "padding_fraction": float(train.padding_fraction),
         "truncated_conversations": sum(s.truncated_conversations for s in stats.values()),
         "conversations_without_loss": sum(s.conversations_without_loss for s in stats.values()),
+        "pieces_without_loss": sum(s.pieces_without_loss for s in stats.values()),  # not packed
         "length_analysis": MetadataValue.md(_md_table([_flat_summary(s, st.length_summary) for s, st in stats.items()])),
         "length_histogram": MetadataValue.md(png_markdown(final / "length_histogram.png")),
         "artifact": MetadataValue.path(str(final)),
