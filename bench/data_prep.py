@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 STAGES = ("ingest", "split", "tokenizer", "pack", "raw_encode")
-SIDE_BY_SIDE_ROUNDS = 3
+SIDE_BY_SIDE_ROUNDS = 5
 
 
 # ---- stages: each runs in a fresh interpreter (`--stage NAME --work DIR`) ---------------------
@@ -81,6 +81,7 @@ def run_stage(stage: str, work: Path, args) -> dict:
 
 def raw_encode(work: Path) -> dict:
     """encode_batch alone, same texts and batch size as the packer; only the encode calls timed."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
@@ -107,6 +108,7 @@ def side_by_side(work: Path, *, rows: int, max_length: int) -> dict:
 
     Stage times above come from different minutes of a shared machine; this ratio does not.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
@@ -115,7 +117,9 @@ def side_by_side(work: Path, *, rows: int, max_length: int) -> dict:
 
     configure_tokenizer_threads(None)
     sample = work / f"side_by_side_{rows}.parquet"
-    pq.write_table(pq.ParquetFile(work / "splits" / "train.parquet").read_row_groups([0]).slice(0, rows), sample)
+    first = next(pq.ParquetFile(work / "splits" / "train.parquet").iter_batches(batch_size=rows))
+    rows = first.num_rows  # the split may hold fewer
+    pq.write_table(pa.Table.from_batches([first]), sample)
     tokenizer = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
     times: dict[str, list[float]] = {"pack_split": [], "encode_batch": []}
     tokens = 0

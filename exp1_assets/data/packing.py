@@ -57,37 +57,79 @@ def labels_from_spans(ids: np.ndarray, offsets: np.ndarray, spans: Sequence[tupl
 def tokenize_conversations(
     tokenizer: Any, messages_batch: Sequence[Sequence[dict]], *, train_on: str = "assistant"
 ) -> list[Document]:
-    """Render each conversation as ChatML, encode all of them in one batched call, label them.
+    """Render each conversation as ChatML, encode them in batched calls, label them.
 
-    Each whole conversation is encoded once; the batched `encode_batch` runs in parallel inside
-    the Rust tokenizer and returns character offsets, so labels come from offsets vs. assistant
-    spans (numpy searchsorted) without re-tokenizing pieces or looping over tokens in Python.
+    Each whole conversation is encoded once; `encode_batch` runs in parallel inside the Rust
+    tokenizer (without the GIL) and keeps character offsets, so labels come from the assistant
+    spans' edges without re-tokenizing pieces or looping over tokens in Python. The next batch
+    is encoded in a helper thread while this one is labelled, so the Python work overlaps the
+    Rust work instead of following it.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     if train_on not in TRAIN_ON:
         raise ValueError(f"train_on: {train_on!r} is not one of {TRAIN_ON}")
-    documents = []
-    for start in range(0, len(messages_batch), ENCODE_BATCH):
-        documents.extend(_tokenize_batch(tokenizer, messages_batch[start:start + ENCODE_BATCH], train_on=train_on))
+    batches = [messages_batch[start:start + ENCODE_BATCH] for start in range(0, len(messages_batch), ENCODE_BATCH)]
+    documents: list[Document] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
+        pending = pool.submit(_render_and_encode, tokenizer, batches[0]) if batches else None
+        for index in range(len(batches)):
+            spans, encodings = pending.result()
+            if index + 1 < len(batches):
+                pending = pool.submit(_render_and_encode, tokenizer, batches[index + 1])
+            documents.extend(_label(encodings, spans, train_on=train_on))
     return documents
 
 
-def _tokenize_batch(tokenizer: Any, messages_batch: Sequence[Sequence[dict]], *, train_on: str) -> list[Document]:
+def _render_and_encode(tokenizer: Any, messages_batch: Sequence[Sequence[dict]]) -> tuple[list, list]:
     rendered = [render_with_spans(messages) for messages in messages_batch]
     encodings = tokenizer.backend_tokenizer.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+    return [spans for _, spans in rendered], encodings
+
+
+def _label(encodings: Sequence[Any], spans_batch: Sequence[Sequence[tuple[int, int]]], *, train_on: str) -> list[Document]:
     documents = []
-    for (_, spans), encoding in zip(rendered, encodings):
+    for spans, encoding in zip(spans_batch, encodings):
         ids = np.asarray(encoding.ids, dtype=np.int32)
         if train_on == "all":
             labels = ids.copy()
         else:
-            # fromiter over the flattened pairs: ~3x faster than asarray on a list of tuples,
-            # the top line of the packing profile (bench/RESULTS.md).
-            offsets = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int64,
-                                  count=2 * len(encoding.ids)).reshape(-1, 2)
-            labels = labels_from_spans(ids, offsets, spans)
+            labels = _labels_at_span_edges(encoding, ids, spans)
+            if labels is None:  # a span edge maps to no token: the per-token rule decides
+                offsets = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int64,
+                                      count=2 * len(ids)).reshape(-1, 2)
+                labels = labels_from_spans(ids, offsets, spans)
         labels[:1] = IGNORE_INDEX
         documents.append((ids, labels))
     return documents
+
+
+def _labels_at_span_edges(encoding: Any, ids: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray | None:
+    """The same labels as `labels_from_spans`, from a few lookups per span instead of per token.
+
+    Tokens are contiguous and in text order, so the tokens lying inside [start, end) are one run:
+    from the token holding `start` (or the next, if it begins before `start`) to the token holding
+    `end - 1` (or the previous, if it runs past `end`; plus any later token that still fits, as
+    when byte-level BPE splits one character into several tokens). Materializing every token's
+    offsets as Python tuples was the top line of the packing profile (bench/RESULTS.md).
+    """
+    labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
+    for start, end in spans:
+        if end <= start:
+            continue
+        first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+        if first is None or last is None:
+            return None
+        if encoding.token_to_chars(first)[0] < start:
+            first += 1
+        if encoding.token_to_chars(last)[1] > end:
+            last -= 1
+        while last + 1 < len(ids) and start <= encoding.token_to_chars(last + 1)[0] and \
+                encoding.token_to_chars(last + 1)[1] <= end:
+            last += 1
+        if first <= last:
+            labels[first:last + 1] = ids[first:last + 1]
+    return labels
 
 
 def split_overflow(ids: np.ndarray, labels: np.ndarray, *, max_length: int) -> list[Document]:
