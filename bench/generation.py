@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="eval")
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the evaluation and sample jobs' default")
-    parser.add_argument("--batch-size", type=int, default=32, help="the jobs' default")
+    parser.add_argument("--batch-size", type=int, default=64, help="the jobs' default")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
     parser.add_argument("--model", default="", help="a saved checkpoint dir (its tokenizer is used)")
     parser.add_argument("--train-steps", type=int, default=30, help="without --model: train this many steps first")

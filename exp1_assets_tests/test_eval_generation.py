@@ -109,6 +109,31 @@ def test_finished_rows_leave_the_batch(tiny):
     assert sum(alive) == sum(len(r) - 1 for r in stopped) < sum(len(r) - 1 for r in free)
 
 
+def test_prompts_join_as_rows_finish_and_outputs_do_not_change(tiny):
+    """Continuous batching: at most max_rows decode together, later groups join, same tokens."""
+    from exp1_assets.evaluation.decoding import decode_batch, decode_stream
+
+    model, tok = tiny
+    prompt_ids = tok(generation.render_prompts(tok, prompts(5)), add_special_tokens=False)["input_ids"]
+    shapes: list[tuple[int, ...]] = []
+    with torch.inference_mode():
+        together = decode_batch(model, prompt_ids, max_new_tokens=6, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+        hook = model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                               with_kwargs=True)
+        try:
+            streamed = decode_stream(model, prompt_ids, groups=[[0, 1], [2], [3], [4]], max_rows=2, max_new_tokens=6,
+                                     eos_token_id=-1, pad_token_id=tok.pad_token_id)
+        finally:
+            hook.remove()
+    assert streamed == together
+    decode_rows = [s[0] for s in shapes if s[1] == 1]
+    assert max(decode_rows) == 2  # never more than max_rows
+    assert len([s for s in shapes if s[1] > 1]) == 4  # one prefill per group (every prompt is > 1 token)
+    with pytest.raises(ValueError, match="max_rows"):
+        decode_stream(model, prompt_ids, groups=[[0, 1, 2]], max_rows=2, max_new_tokens=2, eos_token_id=-1,
+                      pad_token_id=tok.pad_token_id)
+
+
 def test_packed_nll_equals_unpacked_per_conversation(tiny):
     """Block-diagonal masking via position ids: packing must not change any conversation's NLL."""
     model, tok = tiny

@@ -38,7 +38,7 @@ CHECKS = {"perplexity_below_threshold": "Perplexity on validation assistant toke
 class EvaluationConfig(Config):
     num_samples: int = Field(default=1000, description="Test conversations to answer (0 = perplexity only)")
     max_new_tokens: int = 128
-    generation_batch_size: int = 32
+    generation_batch_size: int = 64  # rows decoding together (bench/RESULTS.md)
     max_eval_blocks: int = Field(default=0, description="Validation blocks for perplexity (0 = all)")
     perplexity_threshold: float = 20.0
     rouge_l_threshold: float = 0.3

@@ -1,19 +1,20 @@
-"""One batch of left-padded prompts -> new token ids: a lean KV-cache decode loop.
+"""Left-padded prompts -> new token ids: a lean KV-cache decode loop with continuous batching.
 
 Why not `model.generate` per batch: it keeps decoding every row until the *last* row stops, so
 one reply that never emits `<|im_end|>` makes 31 finished rows ride along to `max_new_tokens`,
 and it pays its per-step bookkeeping (stopping criteria, processors, cache-position tracking)
-on every step of every batch. Here finished rows leave the batch at once (their KV-cache rows
-are dropped with `DynamicCache.batch_select_indices`), the prefill computes logits for the last
-position only (`logits_to_keep=1`), and greedy decoding is a plain argmax.
+on every step of every batch. Here finished rows leave at once (their KV-cache rows are dropped
+with `DynamicCache.batch_select_indices`), new prompts join the running batch as rows free up,
+the prefill computes logits for the last position only (`logits_to_keep=1`), and greedy
+decoding is a plain argmax.
 
 The arithmetic per row is the same as an unpadded single-prompt `generate`: left padding is
 masked, and each row's positions count its real tokens only (cumsum of the attention mask), so
-greedy outputs are identical to the one-at-a-time loop (test_eval_generation.py).
-"""
+greedy outputs are identical to the one-at-a-time loop (test_eval_generation.py)."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,49 +80,141 @@ def decode_batch(
     model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
     sampling: Sampling = Sampling(), generator: Any = None,
 ) -> list[list[int]]:
+    """New token ids per prompt: all prompts prefilled together, decoded until each one stops."""
+    return decode_stream(model, prompts, groups=[list(range(len(prompts)))], max_rows=max(1, len(prompts)),
+                         max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                         sampling=sampling, generator=generator)
+
+
+@dataclass
+class _Live:
+    """The rows decoding right now; row i of every tensor is prompt `rows[i]`."""
+
+    cache: Any  # DynamicCache, (rows, heads, width, head_dim) per layer
+    mask: Any  # (rows, width): 1 on real tokens, 0 on left padding
+    last_position: Any  # (rows,): position of each row's latest token (real tokens only)
+    logits: Any  # (rows, vocab): scores for each row's next token
+    seen: Any  # (rows, width) token ids for the repetition penalty, or None
+    rows: list[int]
+
+
+def decode_stream(
+    model: Any, prompts: Sequence[Sequence[int]], *, groups: Sequence[Sequence[int]], max_rows: int,
+    max_new_tokens: int, eos_token_id: int, pad_token_id: int, sampling: Sampling = Sampling(),
+    generator: Any = None, max_cells: int = 1 << 62,
+) -> list[list[int]]:
     """New token ids per prompt, each ending at its first `eos_token_id` or at `max_new_tokens`.
 
-    Call under `torch.inference_mode()` with the model in eval mode.
+    Continuous batching: `groups` (lists of prompt indices) are prefilled one at a time and
+    joined to the decoding rows whenever there is room for them under `max_rows`; a row leaves as
+    soon as it stops. On a CPU a decode step costs about the same for 1 row as for 32 (it is
+    bound by reading every weight once), so the number of steps is the cost: the rows that run
+    long no longer keep a half-empty batch going on their own. Joining pads the shorter cache on
+    the left, masked like any padding. Call under `torch.inference_mode()`, model in eval mode.
     """
     import torch
-    from transformers import DynamicCache
 
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens: must be positive, got {max_new_tokens}")
-    if any(len(p) == 0 for p in prompts):
+    if max_rows <= 0 or any(len(group) > max_rows for group in groups):
+        raise ValueError(f"max_rows: {max_rows} must be positive and hold every group")
+    if any(len(prompts[i]) == 0 for group in groups for i in group):
         raise ValueError("prompts: an empty prompt has no last token to continue from")
-    device = next(model.parameters()).device
-    input_ids, mask = left_padded(prompts, pad_token_id=pad_token_id, device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     processors = sampling.processors()
-    seen = input_ids  # what the repetition penalty looks at (prompt + reply so far)
-
-    cache = DynamicCache()
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1, :]
-    rows = torch.arange(len(prompts), device=device)  # which prompt each live batch row is
-    last_position = positions[:, -1]
     replies: list[list[int]] = [[] for _ in prompts]
-    for step in range(max_new_tokens):
-        scores = processors(seen, logits.float()) if processors else logits
+    queue = collections.deque(groups)
+    live: _Live | None = None
+    while queue or live is not None:
+        while queue and (live is None or _fits(live, queue[0], prompts, max_rows=max_rows, max_cells=max_cells)):
+            fresh = _prefill(model, prompts, queue.popleft(), pad_token_id=pad_token_id, keep_seen=bool(processors))
+            live = fresh if live is None else _join(live, fresh, pad_token_id=pad_token_id)
+
+        scores = processors(live.seen, live.logits.float()) if processors else live.logits
         if sampling.do_sample:
             next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         else:
             next_tokens = scores.argmax(dim=-1)
-        for row, token in zip(rows.tolist(), next_tokens.tolist()):
+        alive = []
+        for row, token in zip(live.rows, next_tokens.tolist()):
             replies[row].append(token)
-        alive = next_tokens != eos_token_id
-        if step == max_new_tokens - 1 or not bool(alive.any()):
-            break
-        if not bool(alive.all()):  # finished rows leave the batch, cache rows included
-            keep = alive.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, next_tokens, mask, last_position, seen = (
-                rows[keep], next_tokens[keep], mask[keep], last_position[keep], seen[keep])
-        if processors:
-            seen = torch.cat([seen, next_tokens[:, None]], dim=1)
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        last_position = last_position + 1
-        logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=last_position[:, None],
-                       cache=cache, use_cache=True).logits[:, -1, :]
+            alive.append(token != eos_token_id and len(replies[row]) < max_new_tokens)
+        if not any(alive):
+            live = None
+            continue
+        if not all(alive):
+            keep = torch.tensor([i for i, a in enumerate(alive) if a], device=next_tokens.device)
+            _keep_rows(live, keep)
+            next_tokens = next_tokens[keep]
+        if live.seen is not None:
+            live.seen = torch.cat([live.seen, next_tokens[:, None]], dim=1)
+        live.mask = torch.cat([live.mask, live.mask.new_ones((len(live.rows), 1))], dim=1)
+        live.last_position = live.last_position + 1
+        live.logits = model(input_ids=next_tokens[:, None], attention_mask=live.mask,
+                            position_ids=live.last_position[:, None], cache=live.cache,
+                            use_cache=True).logits[:, -1, :]
     return replies
+
+
+def _fits(live: _Live, group: Sequence[int], prompts: Sequence[Sequence[int]], *, max_rows: int,
+          max_cells: int) -> bool:
+    """Room for `group`: rows under `max_rows`, and the joined cache (rows x width) under `max_cells`.
+
+    The cell cap keeps a few long prompts from left-padding every short row to their width:
+    attention and cache traffic per step grow with rows x width.
+    """
+    rows = len(live.rows) + len(group)
+    width = max(live.mask.shape[1], max(len(prompts[i]) for i in group))
+    return rows <= max_rows and rows * width <= max_cells
+
+
+def _prefill(model: Any, prompts: Sequence[Sequence[int]], indices: Sequence[int], *, pad_token_id: int,
+             keep_seen: bool) -> _Live:
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    input_ids, mask = left_padded([prompts[i] for i in indices], pad_token_id=pad_token_id, device=device)
+    # Positions count real tokens only: a left-padded row sees the positions it would alone.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    return _Live(cache=cache, mask=mask, last_position=positions[:, -1], logits=logits,
+                 seen=input_ids if keep_seen else None, rows=list(indices))
+
+
+def _join(live: _Live, fresh: _Live, *, pad_token_id: int) -> _Live:
+    """Stack `fresh` under `live`, left-padding the narrower one's cache, mask and ids."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(live.mask.shape[1], fresh.mask.shape[1])
+
+    def widen(t: Any, *, dim_from_end: int, value: int = 0) -> Any:
+        missing = width - t.shape[-dim_from_end]
+        return F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0), value=value) if missing else t
+
+    for mine, theirs in zip(live.cache.layers, fresh.cache.layers):
+        mine.keys = torch.cat([widen(mine.keys, dim_from_end=2), widen(theirs.keys, dim_from_end=2)])
+        mine.values = torch.cat([widen(mine.values, dim_from_end=2), widen(theirs.values, dim_from_end=2)])
+    live.mask = torch.cat([widen(live.mask, dim_from_end=1), widen(fresh.mask, dim_from_end=1)])
+    if live.seen is not None:
+        live.seen = torch.cat([widen(live.seen, dim_from_end=1, value=pad_token_id),
+                               widen(fresh.seen, dim_from_end=1, value=pad_token_id)])
+    live.last_position = torch.cat([live.last_position, fresh.last_position])
+    live.logits = torch.cat([live.logits, fresh.logits])
+    live.rows = live.rows + fresh.rows
+    return live
+
+
+def _keep_rows(live: _Live, keep: Any) -> None:
+    """Drop the finished rows, then the left columns that are padding in every remaining row."""
+    live.cache.batch_select_indices(keep)
+    live.mask, live.last_position, live.logits = live.mask[keep], live.last_position[keep], live.logits[keep]
+    live.seen = live.seen[keep] if live.seen is not None else None
+    live.rows = [live.rows[i] for i in keep.tolist()]
+    first = int(live.mask.any(dim=0).nonzero()[0])
+    if first:
+        for layer in live.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        live.mask = live.mask[:, first:]
+        live.seen = live.seen[:, first:] if live.seen is not None else None

@@ -39,7 +39,7 @@ class EvalSpec(JsonSpec):
     run_dir: str  # errors/rank<N>.txt
     num_samples: int = 1000  # test conversations to generate for (0: none)
     max_new_tokens: int = 128
-    generation_batch_size: int = 32
+    generation_batch_size: int = 64  # rows decoding together (bench/RESULTS.md)
     eval_batch_size: int = 8  # packed blocks per perplexity forward
     max_eval_blocks: int = 0  # 0: every validation block
     self_bleu_samples: int = 200

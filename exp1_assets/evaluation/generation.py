@@ -95,24 +95,29 @@ def _decode_new_tokens(tokenizer: Any, new_ids: Any, *, eos_id: int) -> Generati
 def generate_batched(
     model: Any, tokenizer: Any, prompts_messages: Sequence[Sequence[dict]], *, max_new_tokens: int,
     batch_size: int, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-    repetition_penalty: float = 1.0, seed: int = 0, token_budget: int = 4096,
+    repetition_penalty: float = 1.0, seed: int = 0, token_budget: int = 4096, prefill_rows: int | None = None,
 ) -> list[Generation]:
     """Generate one reply per conversation prefix, in the input order.
 
-    A batch closes at `batch_size` prompts or when its padded size (rows x longest prompt) would
-    pass `token_budget`: one long outlier must not pad 31 short prompts to its length
-    (bench/RESULTS.md: 2,237 real prompt tokens padded to 18,592 with fixed batches of 32).
-    Each batch runs through `decoding.decode_batch`, where finished rows leave the batch.
+    Up to `batch_size` replies decode together (`decoding.decode_stream`): prompts are prefilled
+    in groups of `prefill_rows` (default a quarter of `batch_size`) that join as rows finish, so
+    the batch stays full until the prompts run out. A group also closes when its padded size
+    (rows x longest prompt) would pass `token_budget`: one long outlier must not pad many short
+    prompts to its length. Prompts go longest first, so a group's rows have similar lengths; and
+    a group waits while joining would make the decoding cache (rows x width) pass twice that.
 
-    Seeding: batch i samples from a generator seeded with `seed + i`, so a rerun with the same
-    inputs and batch size samples the same tokens (batch composition still matters when sampling).
+    Seeding: one generator seeded with `seed` drives all sampling, so a rerun with the same
+    inputs and settings samples the same tokens (the schedule, and so the draws, depends on them).
     """
     import torch
 
-    from exp1_assets.evaluation.decoding import Sampling, decode_batch
+    from exp1_assets.evaluation.decoding import Sampling, decode_stream
 
     if batch_size <= 0:
         raise ValueError(f"batch_size: must be positive, got {batch_size}")
+    prefill_rows = max(1, batch_size // 4) if prefill_rows is None else prefill_rows
+    if not 0 < prefill_rows <= batch_size:
+        raise ValueError(f"prefill_rows: must be in 1..batch_size={batch_size}, got {prefill_rows}")
     _generate_kwargs(tokenizer=tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                      temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)  # validates
     sampling = Sampling(do_sample=do_sample, temperature=temperature, top_p=top_p,
@@ -123,20 +128,15 @@ def generate_batched(
     prompt_ids = [ids[-budget:] for ids in
                   tokenizer(render_prompts(tokenizer, prompts_messages), add_special_tokens=False)["input_ids"]]
     lengths = [len(ids) for ids in prompt_ids]
-    # Longest first: similar lengths share a batch (little padding), and an OOM shows up at once.
     order = sorted(range(len(prompt_ids)), key=lambda i: -lengths[i])
-    results: list[Generation | None] = [None] * len(prompt_ids)
+    groups = list(_batches(order, lengths, batch_size=prefill_rows, token_budget=token_budget))
     model.eval()
     with torch.inference_mode():
-        for batch_index, indices in enumerate(_batches(order, lengths, batch_size=batch_size,
-                                                        token_budget=token_budget)):
-            generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + batch_index)
-            replies = decode_batch(model, [prompt_ids[i] for i in indices], max_new_tokens=max_new_tokens,
-                                   eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, sampling=sampling,
-                                   generator=generator)
-            for i, reply in zip(indices, replies):
-                results[i] = _decode_new_tokens(tokenizer, reply, eos_id=eos_id)
-    return [r for r in results if r is not None]
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        replies = decode_stream(model, prompt_ids, groups=groups, max_rows=batch_size, max_new_tokens=max_new_tokens,
+                                eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, sampling=sampling,
+                                generator=generator, max_cells=2 * token_budget)
+    return [_decode_new_tokens(tokenizer, reply, eos_id=eos_id) for reply in replies]
 
 
 def _batches(order: Sequence[int], lengths: Sequence[int], *, batch_size: int,

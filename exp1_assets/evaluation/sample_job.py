@@ -33,7 +33,7 @@ class SampleSpec(JsonSpec):
     repetition_penalty: float = 1.1
     max_new_tokens: int = 128
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = 64  # rows decoding together (bench/RESULTS.md: 64 beat 32 on CPU)
     device: str = "auto"
 
     def __post_init__(self) -> None:
