@@ -23,6 +23,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+import yaml
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     dagster = Path(sys.executable).with_name("dagster")
     cmd = [str(dagster), "asset", "materialize", "-m", "exp1_assets.definitions", "--select", "*",
            "--partition", args.partition]
-    if args.quick:
-        cmd += ["--config-json", json.dumps(QUICK_CONFIG)]
+    # The README's command (`make run`) runs every step in one process (scripts/run_local.yaml).
+    run_local = yaml.safe_load((_common.REPO / "scripts" / "run_local.yaml").read_text())
+    cmd += ["--config-json", json.dumps({**run_local, **({"ops": QUICK_CONFIG["ops"]} if args.quick else {})})]
     print("running:", " ".join(cmd[:9]), "(quick config)" if args.quick else "", flush=True)
     started = time.time()
     proc = subprocess.run(cmd, cwd=_common.REPO, env=env, capture_output=True, text=True)

@@ -69,6 +69,8 @@ def test_two_ranks_train_through_the_launcher(home: Path) -> None:
     assert result.success
     trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
     assert trained["world_size"] == 2 and trained["steps"] == 12
+    # The cores are shared among the ranks (accelerate alone would give each rank one thread).
+    assert trained["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert trained["val_loss_after"] < trained["val_loss_before"]
     mat = result.asset_materializations_for_node("model_checkpoint")[0]
     assert {"param_count", "tokens_per_s", "loss_curve", "val_loss_after", "memory_estimate_gib",

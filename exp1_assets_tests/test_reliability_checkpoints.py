@@ -7,6 +7,7 @@ made once for the module with secrets planted in the environment; each test dama
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -121,6 +122,12 @@ def test_every_checkpoint_and_the_final_model_carry_a_verified_manifest(home: Pa
         manifest = json.loads((folder / MANIFEST_NAME).read_text())["files"]
         assert "model.safetensors" in manifest
         assert verify_checkpoint(folder) is None
+
+
+def test_a_single_rank_job_trains_on_every_core(home: Path) -> None:
+    """accelerate sets OMP_NUM_THREADS=1 unless told otherwise: a one-rank job used one core of two."""
+    trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
+    assert trained["world_size"] == 1 and trained["torch_threads"] == len(os.sched_getaffinity(0))
 
 
 def test_resume_skips_a_truncated_latest_checkpoint(home: Path) -> None:

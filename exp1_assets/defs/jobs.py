@@ -34,13 +34,18 @@ def accelerate_args(
     main_process_port: str,
     mixed_precision: str = "no",
     config_file: str = "",
+    cpu_threads_per_process: int | str | None = None,
 ) -> list[str]:
     """`accelerate launch` flags for `num_machines` x (num_processes / num_machines) ranks.
 
     On a CPU-only machine two ranks need `--multi_gpu` (falls back to gloo); `--cpu
-    --num_processes 2` silently starts a single process.
+    --num_processes 2` silently starts a single process. Without `--num_cpu_threads_per_process`
+    accelerate sets OMP_NUM_THREADS=1 for every rank: one rank on a 2-core machine then trained
+    on one core (found in the end-to-end benchmark), so the caller passes the cores per rank.
     """
     args = ["--config_file", config_file] if config_file else []
+    if cpu_threads_per_process is not None:
+        args += ["--num_cpu_threads_per_process", str(cpu_threads_per_process)]
     args += [
         "--num_processes", str(num_processes),
         "--num_machines", str(num_machines),
@@ -55,6 +60,11 @@ def accelerate_args(
     if num_machines > 1:
         args += ["--rdzv_backend", "static", "--same_network"]
     return args
+
+
+def cpu_threads_per_process(num_processes: int) -> int:
+    """This machine's usable cores (affinity/cgroup aware) shared among its ranks, at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, num_processes))
 
 
 def free_port() -> int:

@@ -35,7 +35,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from exp1_assets.defs.jobs import JobHandle, LocalJob, accelerate_args, free_port
+from exp1_assets.defs.jobs import JobHandle, LocalJob, accelerate_args, cpu_threads_per_process, free_port
 from exp1_assets.defs.slurm import SbatchRequest, SlurmJob, render_sbatch
 
 
@@ -99,6 +99,7 @@ class JobLauncher(ConfigurableResource):
             main_process_port=str(free_port()),
             mixed_precision=self.mixed_precision,
             config_file=self.accelerate_config_file,
+            cpu_threads_per_process=cpu_threads_per_process(procs),
         )
         cmd = [self.python or sys.executable, "-m", "accelerate.commands.launch", *args,
                "-m", module, str(spec_path)]

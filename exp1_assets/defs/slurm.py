@@ -139,10 +139,14 @@ def _node_command(r: SbatchRequest) -> str:
         main_process_port="$MAIN_PORT",
         mixed_precision=r.mixed_precision,
         config_file=r.accelerate_config_file,
+        cpu_threads_per_process="$THREADS",
     )
     args[args.index("--num_machines") + 1] = "$SLURM_NNODES"  # = nodes: sbatch got exactly that many
     cmd = [r.python, "-m", "accelerate.commands.launch", *args, "-m", r.module, r.spec_path]
-    return "exec " + " ".join(f'"{a}"' if re.fullmatch(r"\$[A-Z_]+", a) else shlex.quote(a) for a in cmd)
+    # The node's allotted cores (nproc follows Slurm's affinity) shared among its ranks.
+    per_node = max(1, r.processes_per_node)
+    threads = f"THREADS=$(( $(nproc) / {per_node} )); [ \"$THREADS\" -ge 1 ] || THREADS=1; "
+    return threads + "exec " + " ".join(f'"{a}"' if re.fullmatch(r"\$[A-Z_]+", a) else shlex.quote(a) for a in cmd)
 
 
 class SlurmJob:

@@ -296,6 +296,7 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
         "param_count": int(param_count), "resumed_from_step": resumed_step,
         "world_size": int(trainer.args.world_size), "precision": precision,  # ranks really in DDP
         "device": str(trainer.args.device),
+        "torch_threads": int(torch.get_num_threads()),  # intra-op threads per rank (accelerate sets them)
     }
     save_final(trainer=trainer, tokenizer=tokenizer, spec=spec, result=result, reporter=reporter)
     reporter.log(f"saved {spec.output_dir}: val loss {val_loss_before:.3f} -> {val_loss_after:.3f}")

@@ -30,4 +30,4 @@ echo "exp1: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, rendezvous $MAIN_HOST:$MAI
 
 # --kill-on-bad-exit: a failed node stops the others instead of leaving them in a collective.
 srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --cpus-per-task=64 --gpus-per-node=8 \
-  bash -c 'exec python -m accelerate.commands.launch --num_processes 16 --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" --main_process_ip "$MAIN_HOST" --main_process_port "$MAIN_PORT" --mixed_precision bf16 --dynamo_backend no --multi_gpu --rdzv_backend static --same_network -m exp1_assets.training.train /shared/exp1/runs/model_checkpoint/1B/0123abcd/spec.json'
+  bash -c 'THREADS=$(( $(nproc) / 8 )); [ "$THREADS" -ge 1 ] || THREADS=1; exec python -m accelerate.commands.launch --num_cpu_threads_per_process "$THREADS" --num_processes 16 --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" --main_process_ip "$MAIN_HOST" --main_process_port "$MAIN_PORT" --mixed_precision bf16 --dynamo_backend no --multi_gpu --rdzv_backend static --same_network -m exp1_assets.training.train /shared/exp1/runs/model_checkpoint/1B/0123abcd/spec.json'
