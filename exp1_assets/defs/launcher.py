@@ -29,13 +29,13 @@ from dagster import (
     MetadataValue,
     PipesEnvContextInjector,
     PipesExecutionResult,
-    PipesFileMessageReader,
     PipesSession,
     open_pipes_session,
 )
 from pydantic import Field
 
 from exp1_assets.defs.jobs import JobHandle, LocalJob, accelerate_args, cpu_threads_per_process, free_port
+from exp1_assets.defs.pipes_reader import WholeLineFileMessageReader
 from exp1_assets.defs.slurm import SbatchRequest, SlurmJob, render_sbatch
 
 
@@ -173,7 +173,7 @@ class JobLauncher(ConfigurableResource):
         with open_pipes_session(
             context=context,
             context_injector=PipesEnvContextInjector(),
-            message_reader=PipesFileMessageReader(str(messages)),
+            message_reader=WholeLineFileMessageReader(str(messages)),
         ) as session:
             env = {**os.environ, **self.extra_env, **session.get_bootstrap_env_vars(),
                    "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
