@@ -67,7 +67,7 @@ def generate_hf_batches(model, tokenizer, prompts, *, max_new_tokens: int, batch
     """The previous library path, kept as a side: the same batches, each through `model.generate`.
 
     `generate` keeps every row of a batch decoding until its last row stops; the library's
-    `decode_batch` drops finished rows. This side shows what that (and its leaner step) is worth.
+    `decode_stream` drops finished rows and refills the batch. This side shows what that (and its leaner step) is worth.
     """
     import torch
 

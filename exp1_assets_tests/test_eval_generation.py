@@ -9,6 +9,7 @@ import torch
 
 from eval_tiny_model import chat_rows, make_checkpoint, packed_blocks
 from exp1_assets.evaluation import generation, metrics
+from exp1_assets.evaluation.decoding import decode_stream
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -81,9 +82,13 @@ def test_generation_rejects_bad_arguments(tiny):
                                     temperature=0.0)
 
 
+def decode_batch(model, prompt_ids, **kwargs) -> list[list[int]]:
+    """All prompts prefilled together in one group: a plain batch."""
+    return decode_stream(model, prompt_ids, groups=[list(range(len(prompt_ids)))], max_rows=len(prompt_ids), **kwargs)
+
+
 def test_finished_rows_leave_the_batch(tiny):
     """A row that emits the stop token stops costing compute; the others continue unchanged."""
-    from exp1_assets.evaluation.decoding import decode_batch
 
     model, tok = tiny
     prompt_ids = tok(generation.render_prompts(tok, prompts(4)), add_special_tokens=False)["input_ids"]
@@ -111,7 +116,6 @@ def test_finished_rows_leave_the_batch(tiny):
 
 def test_prompts_join_as_rows_finish_and_outputs_do_not_change(tiny):
     """Continuous batching: at most max_rows decode together, later groups join, same tokens."""
-    from exp1_assets.evaluation.decoding import decode_batch, decode_stream
 
     model, tok = tiny
     prompt_ids = tok(generation.render_prompts(tok, prompts(5)), add_special_tokens=False)["input_ids"]

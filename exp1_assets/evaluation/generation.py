@@ -62,22 +62,28 @@ def prompt_budget(model: Any, *, max_new_tokens: int) -> int:
     return positions - max_new_tokens
 
 
-def _generate_kwargs(
-    *, tokenizer: Any, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
-    repetition_penalty: float,
-) -> dict[str, Any]:
+def _check_generation_args(tokenizer: Any, *, max_new_tokens: int) -> None:
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens: must be positive, got {max_new_tokens}")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token: batched generation needs one distinct from <|im_end|>")
+
+
+def _generate_kwargs(
+    *, tokenizer: Any, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+    repetition_penalty: float,
+) -> dict[str, Any]:
+    """`model.generate` keyword arguments for the one-at-a-time loop, validated like the batched path."""
+    from exp1_assets.evaluation.decoding import Sampling
+
+    _check_generation_args(tokenizer, max_new_tokens=max_new_tokens)
+    Sampling(do_sample=do_sample, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens, use_cache=True, do_sample=do_sample,
         eos_token_id=end_of_turn_id(tokenizer), pad_token_id=tokenizer.pad_token_id,
         repetition_penalty=repetition_penalty,
     )
     if do_sample:
-        if temperature <= 0:
-            raise ValueError(f"temperature: must be positive when sampling, got {temperature}")
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     return kwargs
 
@@ -118,8 +124,7 @@ def generate_batched(
     prefill_rows = max(1, batch_size // 4) if prefill_rows is None else prefill_rows
     if not 0 < prefill_rows <= batch_size:
         raise ValueError(f"prefill_rows: must be in 1..batch_size={batch_size}, got {prefill_rows}")
-    _generate_kwargs(tokenizer=tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                     temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)  # validates
+    _check_generation_args(tokenizer, max_new_tokens=max_new_tokens)
     sampling = Sampling(do_sample=do_sample, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty)
     eos_id = end_of_turn_id(tokenizer)
