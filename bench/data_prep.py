@@ -81,7 +81,6 @@ def run_stage(stage: str, work: Path, args) -> dict:
 
 def raw_encode(work: Path) -> dict:
     """encode_batch alone, same texts and batch size as the packer; only the encode calls timed."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 

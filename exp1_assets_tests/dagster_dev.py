@@ -91,8 +91,8 @@ def dev_env(*, dagster_home: Path, exp1_home: Path, **extra: str) -> dict[str, s
     return env
 
 
-def _default_signals() -> None:
-    # Runs in the child between fork and exec: ignored signals would survive exec.
+def restore_default_signals() -> None:
+    """preexec_fn: a non-interactive parent may have left SIGINT/SIGTERM ignored, and that survives exec."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -108,7 +108,7 @@ def start_dagster_dev(root: Path, *, timeout_s: float = 120) -> DagsterDev:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=dev_env(dagster_home=dagster_home, exp1_home=exp1_home),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_default_signals)
+                                start_new_session=True, preexec_fn=restore_default_signals)
     dev = DagsterDev(url=f"http://127.0.0.1:{port}", dagster_home=dagster_home, exp1_home=exp1_home,
                      log_path=log_path, proc=proc)
     try:

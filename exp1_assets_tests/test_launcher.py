@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +13,9 @@ from dagster import DagsterInstance, materialize
 
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.store import ArtifactStore
+from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
-from exp1_assets_tests.test_graph import DATA, REPO, _assets
+from exp1_assets_tests.test_graph import DATA, _assets
 
 pytestmark = pytest.mark.slow
 
@@ -87,23 +86,6 @@ def test_a_failing_rank_fails_the_asset_with_its_own_error(home: Path) -> None:
     assert not _job_processes(str(home))
 
 
-def _cli(home: Path, tmp_path: Path, config: dict) -> subprocess.Popen:
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text((REPO / "scripts" / "dagster.yaml").read_text())
-    (tmp_path / "run.json").write_text(json.dumps(config))
-    env = {**os.environ, "EXP1_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-
-    def restore_signals() -> None:  # a non-interactive parent may have left SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "exp1_assets.definitions",
-         "--select", "model_checkpoint", "--partition", "tiny", "--config", str(tmp_path / "run.json")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=restore_signals,
-    )
-
 
 def _wait_for(predicate, *, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
@@ -117,7 +99,7 @@ def _wait_for(predicate, *, timeout: float, what: str) -> None:
 def test_killed_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path) -> None:
     """SIGKILL the job's process group after the first checkpoint: the retry resumes from it."""
     config = only(fast_run_config(max_steps=30, save_steps=6), "model_checkpoint")
-    cli = _cli(home, tmp_path, config)
+    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=config)
     runs = home / "runs" / "model_checkpoint" / "tiny"
     _wait_for(lambda: any(runs.glob("*/checkpoint-6/trainer_state.json")), timeout=300, what="checkpoint-6")
     spec = next(runs.glob("*/spec.json"))
@@ -133,7 +115,7 @@ def test_killed_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path)
 
 def test_cancelling_the_run_leaves_no_process(home: Path, tmp_path: Path) -> None:
     config = only(fast_run_config(max_steps=400, save_steps=200), "model_checkpoint")
-    cli = _cli(home, tmp_path, config)
+    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=config)
     runs = home / "runs" / "model_checkpoint" / "tiny"
     # Progress lines travel through the Pipes message file: wait until training really runs.
     _wait_for(lambda: any("step 2/" in p.read_text(errors="replace") for p in runs.glob("*/pipes-*.jsonl")),

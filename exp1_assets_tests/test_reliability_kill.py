@@ -9,37 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from exp1_assets.defs.launcher import JobLauncher
+from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
-from exp1_assets_tests.test_graph import REPO
 from exp1_assets_tests.test_launcher import _job_processes, _train, _wait_for, data_home, home  # noqa: F401
 
 pytestmark = pytest.mark.slow
 STEPS, SAVE = 12, 4
 
-
-def _cli(home: Path, tmp_path: Path, *, select: str, config: dict) -> subprocess.Popen:
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text((REPO / "scripts" / "dagster.yaml").read_text())
-    (tmp_path / f"{select}.json").write_text(json.dumps(config))
-    env = {**os.environ, "EXP1_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-
-    def restore_signals() -> None:  # a non-interactive parent may have left SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "exp1_assets.definitions",
-         "--select", select, "--partition", "tiny", "--config", str(tmp_path / f"{select}.json")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=restore_signals,
-    )
 
 
 def _kill_job(marker: str) -> None:
@@ -59,7 +40,7 @@ def _weights(home: Path):
 
 
 def test_sigkill_before_the_first_checkpoint_restarts_cleanly(home: Path, tmp_path: Path) -> None:
-    cli = _cli(home, tmp_path, select="model_checkpoint", config=_train_config())
+    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=_train_config())
     runs = home / "runs" / "model_checkpoint" / "tiny"
     _wait_for(lambda: any("step 2/" in p.read_text(errors="replace") for p in runs.glob("*/pipes-*.jsonl")),
               timeout=300, what="training progress")
@@ -81,7 +62,7 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_uninterrupted_model(
     shutil.copytree(data_home, reference)
     assert _train(reference, launcher=JobLauncher(), max_steps=STEPS, save_steps=SAVE).success
 
-    cli = _cli(home, tmp_path, select="model_checkpoint", config=_train_config())
+    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=_train_config())
     runs = home / "runs" / "model_checkpoint" / "tiny"
     _wait_for(lambda: any(runs.glob("*/checkpoint-4/checkpoint_manifest.json")), timeout=300, what="checkpoint-4")
     _kill_job(str(next(runs.glob("*/spec.json"))))
@@ -102,7 +83,7 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_uninterrupted_model(
 
     eval_config = only(fast_run_config(), "evaluation_report")
     eval_config["ops"]["evaluation_report"]["config"]["num_samples"] = 64  # a few seconds to aim at
-    cli = _cli(home, tmp_path, select="evaluation_report", config=eval_config)
+    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="evaluation_report", config=eval_config)
     spec = home / "runs" / "evaluation_report" / "tiny" / "spec.json"
     _wait_for(lambda: spec.exists() and bool(_job_processes(str(spec))), timeout=300, what="the evaluation job")
     _kill_job(str(spec))
@@ -110,7 +91,7 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_uninterrupted_model(
     assert cli.returncode != 0  # no retry policy on evaluation: this run fails ...
     _wait_for(lambda: not _job_processes(str(spec)), timeout=30, what="the evaluation job to exit")
     assert not [p for p in (home / "evaluation_report").iterdir() if p.name.startswith((".tmp-", ".old-"))]
-    cli = _cli(home, tmp_path, select="evaluation_report", config=only(fast_run_config(), "evaluation_report"))
+    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="evaluation_report", config=only(fast_run_config(), "evaluation_report"))
     out, _ = cli.communicate(timeout=600)
     assert cli.returncode == 0, out.decode(errors="replace")[-3000:]  # ... and the next one succeeds
     assert (home / "evaluation_report" / "tiny" / "report.json").exists()

@@ -17,7 +17,6 @@ import fcntl
 import gc
 import json
 import os
-import statistics
 import threading
 import time
 import urllib.request

@@ -6,29 +6,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
-from exp1_assets_tests.test_graph import DATA, REPO
+from exp1_assets_tests.test_graph import DATA
 
 pytestmark = pytest.mark.slow
 
 
+
 def _materialize(home: Path, tmp_path: Path, config: dict) -> subprocess.Popen:
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text((REPO / "scripts" / "dagster.yaml").read_text())
-    (tmp_path / "run.json").write_text(json.dumps(config))
-    env = {**os.environ, "EXP1_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "exp1_assets.definitions",
-         "--select", ",".join(DATA), "--config", str(tmp_path / "run.json")],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    return start_materialize(exp1_home=home, tmp_path=tmp_path, select=",".join(DATA), config=config,
+                             partition=None, quiet=True, new_session=True)
 
 
 def test_sigkill_during_packing_leaves_the_previous_blocks_and_the_next_run_succeeds(tmp_path: Path) -> None:

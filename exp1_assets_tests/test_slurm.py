@@ -7,12 +7,10 @@ The cluster comes from the `slurm_cluster` session fixture (`scripts/slurm_clust
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,9 +21,11 @@ from dagster import DagsterInstance, materialize
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.slurm import SbatchRequest, render_sbatch
 from exp1_assets.defs.store import ArtifactStore
+from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
 from exp1_assets_tests.slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
-from exp1_assets_tests.test_graph import DATA, REPO, _assets
+from exp1_assets_tests.test_graph import _assets
+from exp1_assets_tests.test_launcher import data_home  # noqa: F401 - the module's data, trained per test
 
 pytestmark = pytest.mark.slurm
 EXPECTED = Path(__file__).parent / "expected"
@@ -81,17 +81,6 @@ def test_sbatch_request_validation_names_the_field(field: str, value) -> None:
 
 
 # ---- on the cluster ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The data assets, materialized locally once; each test trains into its own copy."""
-    home = tmp_path_factory.mktemp("exp1_slurm_data")
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize(_assets(*DATA), instance=instance, run_config=only(fast_run_config(), *DATA),
-                             resources={"store": ArtifactStore(root=str(home)), "launcher": JobLauncher()})
-    assert result.success
-    return home
-
 
 @pytest.fixture
 def home(data_home: Path, tmp_path: Path, slurm_cluster: dict[str, str]) -> Path:
@@ -240,22 +229,10 @@ defs = Definitions(assets=project.defs.assets, resources={
 
 def _cli(home: Path, tmp_path: Path, *, config: dict, launcher: dict) -> subprocess.Popen:
     """`dagster asset materialize` of model_checkpoint[tiny] with a Slurm launcher, like an operator would."""
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text((REPO / "scripts" / "dagster.yaml").read_text())
-    (tmp_path / "slurm_defs.py").write_text(DEFINITIONS)
-    (tmp_path / "run.json").write_text(json.dumps(config))
-    env = {**os.environ, "EXP1_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-           "EXP1_TEST_LAUNCHER": json.dumps(launcher)}
-
-    def restore_signals() -> None:  # a non-interactive parent may have left SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-f", str(tmp_path / "slurm_defs.py"),
-         "--select", "model_checkpoint", "--partition", "tiny", "--config", str(tmp_path / "run.json")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=restore_signals)
+    defs_file = tmp_path / "slurm_defs.py"
+    defs_file.write_text(DEFINITIONS)
+    return start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=config,
+                             defs_file=defs_file, extra_env={"EXP1_TEST_LAUNCHER": json.dumps(launcher)})
 
 
 def test_cancelling_the_dagster_run_scancels_the_job_and_leaves_no_process(home: Path, tmp_path: Path) -> None:
