@@ -10,16 +10,22 @@ export TOKENIZERS_PARALLELISM ?= false
 SIZE ?= tiny
 PORT ?= 3000
 
-.PHONY: setup home run dev test test-fast bench clean
+.PHONY: setup home run dev test test-fast bench upgrade clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first: without CUDA, the CPU build 2.13.0 (an unpinned torch may pull a multi-GB CUDA build).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch==2.13.0"; fi
-	$(BIN)/pip install -q -e ".[dev]"
+# torch first: without CUDA, the CPU build (an unpinned torch may pull a multi-GB CUDA build).
+# Its version must equal constraints.txt's torch pin (a test checks).
+TORCH_VERSION := 2.13.0
+# The exact versions CI tested; pyproject.toml holds the ranges. A new pin re-runs the install.
+CONSTRAINTS := constraints.txt
+UPGRADE_VENV ?= /tmp/exp1_assets-upgrade
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)"; fi
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed home
@@ -47,6 +53,16 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# Newest releases pyproject.toml admits, in a fresh venv without the pins; only if the whole suite
+# passes there does its freeze replace constraints.txt (header kept, torch's +cpu tag dropped).
+upgrade:
+	rm -rf $(UPGRADE_VENV) && $(PY) -m venv $(UPGRADE_VENV) && $(UPGRADE_VENV)/bin/pip install -q --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(UPGRADE_VENV)/bin/pip install -q "torch==$(TORCH_VERSION)"; fi
+	$(UPGRADE_VENV)/bin/pip install -q -e ".[dev]" && $(UPGRADE_VENV)/bin/pip check
+	$(UPGRADE_VENV)/bin/pytest -q
+	{ grep '^#' $(CONSTRAINTS); $(UPGRADE_VENV)/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf "$(EXP1_HOME)" "$(DAGSTER_HOME)"

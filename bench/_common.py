@@ -82,7 +82,7 @@ def builtin_pipeline(*, builtin_size: int, max_length: int, vocab_size: int = 40
     """
     from exp1_assets.data.packing import pack_dataset
     from exp1_assets.data.sources import ingest_conversations
-    from exp1_assets.data.splits import split_conversations
+    from exp1_assets.data.splits import SplitSpec, split_conversations
     from exp1_assets.data.tokenizer import train_bpe_tokenizer
 
     root = OUT_DIR / "cache" / f"builtin{builtin_size}_seed{seed}_vocab{vocab_size}"
@@ -93,7 +93,7 @@ def builtin_pipeline(*, builtin_size: int, max_length: int, vocab_size: int = 40
                              out_dir=raw, builtin_size=builtin_size)
     if not (splits / "summary.json").is_file():
         split_conversations(conversations_path=raw / "conversations.parquet", out_dir=splits,
-                            fractions=(0.9, 0.05, 0.05), seed=seed)
+                            spec=SplitSpec(seed=seed))
     if not (tok / "tokenizer.json").is_file():
         train_bpe_tokenizer(train_path=splits / "train.parquet", out_dir=tok, vocab_size=vocab_size)
     if not (packed / "meta.json").is_file():

@@ -47,10 +47,10 @@ def run_stage(stage: str, work: Path, args) -> dict:
                                       seed=0, out_dir=work / "raw")
         info = {"rows": result.rows, "quarantined": result.quarantined}
     elif stage == "split":
-        from exp1_assets.data.splits import split_conversations
+        from exp1_assets.data.splits import SplitSpec, split_conversations
 
         result = split_conversations(conversations_path=work / "raw" / "conversations.parquet",
-                                     out_dir=work / "splits", fractions=(0.98, 0.01, 0.01))
+                                     out_dir=work / "splits", spec=SplitSpec(fractions=(0.98, 0.01, 0.01)))
         info = {"counts": result.counts}
     elif stage == "tokenizer":
         from exp1_assets.data.tokenizer import train_bpe_tokenizer

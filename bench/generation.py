@@ -36,14 +36,12 @@ def load_prompts(splits_dir: Path, *, count: int) -> list[list[dict]]:
 def quick_train(model, packed_dir: Path, *, steps: int, batch: int) -> list[float]:
     """A few AdamW steps on the packed blocks (so greedy outputs are not random-init noise)."""
     import numpy as np
-    import pyarrow as pa
     import torch
 
-    with pa.memory_map(str(packed_dir / "train.arrow")) as source:
-        table = pa.ipc.open_stream(source).read_all()
-    length = len(table.column("input_ids")[0])
-    cols = {c: torch.from_numpy(np.asarray(table.column(c).combine_chunks().flatten()).reshape(-1, length)
-                                .astype(np.int64)) for c in ("input_ids", "labels", "position_ids")}
+    from exp1_assets.data.blocks import load_block_arrays
+
+    cols = {c: torch.from_numpy(array.astype(np.int64))
+            for c, array in load_block_arrays(packed_dir / "train.arrow").items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)
     losses = []

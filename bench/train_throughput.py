@@ -69,12 +69,11 @@ def seed_style_batches(*, splits_dir: Path, tokenizer, max_length: int, tokens_p
 
 def packed_batches(*, packed_dir: Path, max_length: int, tokens_per_step: int, pad_token_id: int) -> tuple[list, int]:
     """The library's blocks, `tokens_per_step // max_length` blocks per step; (batches, epoch real tokens)."""
-    import pyarrow as pa
+    from exp1_assets.data.blocks import load_block_arrays
 
-    with pa.memory_map(str(packed_dir / "train.arrow")) as source:
-        table = pa.ipc.open_stream(source).read_all()
-    column = {c: np.asarray(table.column(c).combine_chunks().flatten()).reshape(-1, max_length).astype(np.int64)
-              for c in ("input_ids", "labels", "position_ids")}
+    column = {c: array.astype(np.int64) for c, array in load_block_arrays(packed_dir / "train.arrow").items()}
+    if column["input_ids"].shape[1] != max_length:
+        raise ValueError(f"{packed_dir}: blocks are {column['input_ids'].shape[1]} tokens, expected {max_length}")
     epoch_real = int((column["input_ids"] != pad_token_id).sum())
     per_batch = max(1, tokens_per_step // max_length)
     batches = [{c: column[c][b:b + per_batch] for c in column}

@@ -1,9 +1,9 @@
-"""The model-size registry: shapes, per-size training defaults, exact parameter counts, memory.
+"""The model-size registry: shapes and per-size training defaults (pure data).
 
 One `ModelSize` per partition key (`tiny`, `125M`, `350M`, `500M`, `1B`, `1.5B`). The shapes,
 batch sizes, accumulation and learning rates are the research plan's (GPT-2 style), kept as-is;
 what the plan's names promise and what the shapes deliver is computed, not guessed
-(`param_count`, built on the `meta` device) and written down in each size's `note`.
+(`training.memory.param_count`, built on the `meta` device) and written down in each size's `note`.
 
 Exact parameter counts at vocab 50257, tied embeddings, max_positions 2048 (M = 1e6):
 
@@ -35,20 +35,19 @@ Dropout defaults to 0.0 everywhere: dropout > 0 pushes SDPA off its fused kernel
 ran ~1.7x slower per step with 0.1 than with 0 on CPU, DESIGN.md), and from-scratch runs that see
 each token about once do not need the regularization. The spec can override it.
 
-This module imports no torch at top level: the Dagster code server imports it on every reload.
+This module imports nothing from the rest of the package and no torch: the Dagster code server
+imports it on every reload, and the model code (training/) imports it. Parameter counts and memory
+estimates, which build models, live in `exp1_assets.training.memory`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 GPT2_VOCAB_SIZE = 50257
 
 # Chosen from the tiny-model measurement in the module docstring (lower loss at equal steps).
 DEFAULT_ARCHITECTURE = "llama"
-
-PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,10 @@ class ModelSize:
     gradient_checkpointing: bool = False
     dropout: float = 0.0  # see module docstring: 0 keeps SDPA on its fused path
     max_length: int = 2048  # default packed block length (tokens per row)
-    max_steps: int = -1  # <= 0: train for `num_epochs` instead
+    max_steps: int | None = None  # None: train for `num_epochs` instead
     num_epochs: float = 3.0
-    nominal_params: int = 0  # what the name promises; 0 = no promise (tiny)
-    note: str = ""  # where the name and the computed count disagree by more than 5%
+    nominal_params: int | None = None  # what the name promises; None = no promise (tiny)
+    note: str | None = None  # where the name and the computed count disagree by more than 5%
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "heads", "intermediate", "max_positions",
@@ -102,8 +101,10 @@ class ModelSize:
             raise ValueError(f"ModelSize {self.name!r}: weight_decay must be >= 0 and clip > 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"ModelSize {self.name!r}: betas must be two values in [0, 1), got {self.betas}")
-        if self.max_steps <= 0 and not self.num_epochs > 0:
-            raise ValueError(f"ModelSize {self.name!r}: num_epochs must be positive when max_steps <= 0")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"ModelSize {self.name!r}: max_steps must be positive or None, got {self.max_steps}")
+        if self.max_steps is None and not self.num_epochs > 0:
+            raise ValueError(f"ModelSize {self.name!r}: num_epochs must be positive when max_steps is None")
 
     @property
     def effective_batch(self) -> int:
@@ -112,7 +113,7 @@ class ModelSize:
 
 
 def _plan_size(name: str, hidden: int, layers: int, heads: int, *, batch: int, accum: int,
-               lr: float, checkpointing: bool, nominal: int, note: str = "") -> ModelSize:
+               lr: float, checkpointing: bool, nominal: int, note: str | None = None) -> ModelSize:
     return ModelSize(
         name=name, hidden=hidden, layers=layers, heads=heads, intermediate=4 * hidden,
         max_positions=2048, per_device_batch=batch, grad_accum=accum, learning_rate=lr,
@@ -160,70 +161,3 @@ def get_size(name: str) -> ModelSize:
         return SIZES[name]
     except KeyError:
         raise ValueError(f"size: unknown model size {name!r}; valid sizes: {', '.join(SIZES)}") from None
-
-
-def param_count(size: ModelSize, *, vocab_size: int = GPT2_VOCAB_SIZE,
-                architecture: str = DEFAULT_ARCHITECTURE) -> int:
-    """Exact number of trainable parameters (tied weights counted once), without allocating.
-
-    The model is built on torch's `meta` device, so even 1.5B costs no memory.
-    """
-    import torch
-
-    from exp1_assets.training.model import build_model
-
-    with torch.device("meta"):
-        model = build_model(size, architecture=architecture, vocab_size=vocab_size,
-                            pad_token_id=None, bos_token_id=None, eos_token_id=None)
-    return sum(p.numel() for p in model.parameters())  # parameters() yields tied tensors once
-
-
-def memory_estimate(
-    size: ModelSize,
-    *,
-    vocab_size: int = GPT2_VOCAB_SIZE,
-    architecture: str = DEFAULT_ARCHITECTURE,
-    batch: int | None = None,
-    seq_len: int | None = None,
-    precision: str = "bf16",
-) -> dict[str, Any]:
-    """Rough per-device training memory for AdamW under HF Trainer mixed precision.
-
-    Trainer keeps fp32 master weights and fp32 grads even with bf16/fp16 (autocast), plus two fp32
-    AdamW moments: 16 bytes per parameter. Activations follow Korthikanti et al. (2022) for a fused
-    attention kernel (no s x s score matrix stored): ~34*b*s*h activation bytes per layer at 16 bit,
-    plus the fp32 logits and their gradient (2 * b*s*V*4). With gradient checkpointing only each
-    layer's input (b*s*h) is kept, plus one layer's full activations during recompute.
-    Order-of-magnitude guidance, not a promise (allocator overhead, CUDA context not included).
-    """
-    if precision not in PRECISION_BYTES:
-        raise ValueError(f"precision: {precision!r} is not one of {tuple(PRECISION_BYTES)}")
-    batch = size.per_device_batch if batch is None else batch
-    seq_len = size.max_length if seq_len is None else seq_len
-    params = param_count(size, vocab_size=vocab_size, architecture=architecture)
-    act_scale = PRECISION_BYTES[precision] / 2  # the 34 bytes/elem formula assumes 16-bit
-
-    tokens = batch * seq_len
-    per_layer = 34 * tokens * size.hidden * act_scale
-    logits = 2 * tokens * vocab_size * 4
-    activations_full = size.layers * per_layer + logits
-    activations_ckpt = size.layers * tokens * size.hidden * PRECISION_BYTES[precision] + per_layer + logits
-    parts = {
-        "weights": params * 4,
-        "grads": params * 4,
-        "adamw_states": params * 8,
-    }
-    static = sum(parts.values())
-    activations = activations_ckpt if size.gradient_checkpointing else activations_full
-    result: dict[str, Any] = {
-        "params": params, "batch": batch, "seq_len": seq_len, "precision": precision,
-        "gradient_checkpointing": size.gradient_checkpointing,
-        **{f"{k}_bytes": int(v) for k, v in parts.items()},
-        "activations_bytes": int(activations),
-        "activations_without_checkpointing_bytes": int(activations_full),
-        "activations_with_checkpointing_bytes": int(activations_ckpt),
-        "total_bytes": int(static + activations),
-    }
-    for key in [k for k in result if k.endswith("_bytes")]:
-        result[key.replace("_bytes", "_gib")] = round(result[key] / 2**30, 3)
-    return result

@@ -3,7 +3,7 @@
 The CLI test runs `dagster asset materialize` exactly as the README's `make run` does (a
 DAGSTER_HOME holding a copy of scripts/dagster.yaml), with the FAST run config, and then reads
 the materialization back from that same instance. The W&B test retrains `model_checkpoint` with
-`wandb: true` (offline) on the data the CLI run left behind.
+`report_to: wandb` (offline) on the data the CLI run left behind.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_training_with_wandb_offline_records_the_run(cli_home: dict[str, Any], t
     wandb_dir = tmp_path / "wandb_dir"
     wandb_dir.mkdir()
     fast = only(fast_run_config(max_steps=4, save_steps=2), "model_checkpoint")["ops"]["model_checkpoint"]["config"]
-    train = {"ops": {"model_checkpoint": {"config": {**fast, "wandb": True, "seed": 1}}}}
+    train = {"ops": {"model_checkpoint": {"config": {**fast, "report_to": "wandb", "seed": 1}}}}
     # seed 1: tracking settings are not part of the spec hash, so with the CLI run's seed this
     # would resume that run's finished checkpoint instead of training (and logging) anything.
     config = write_config(tmp_path / "wandb.yaml", {**train, **IN_PROCESS})

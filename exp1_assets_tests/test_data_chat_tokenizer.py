@@ -35,6 +35,14 @@ MULTI_TURN = [
     {"role": "user", "content": " second question"},
     {"role": "assistant", "content": "\n\nsecond answer\n"},
 ]
+# A later part of a split ShareGPT chat: it starts with the assistant's turn (context).
+PART_TWO = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "assistant", "content": "...and that ends part one."},
+    {"role": "assistant", "content": "Anything else?"},
+    {"role": "user", "content": "Go on"},
+    {"role": "assistant", "content": "Part two."},
+]
 
 
 def make_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
@@ -68,7 +76,7 @@ def test_render_equals_apply_chat_template(trained):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(trained[1])
-    for chat in [MULTI_TURN, MULTI_TURN[1:3], *make_conversations(20, seed=5)]:
+    for chat in [MULTI_TURN, MULTI_TURN[1:3], PART_TWO, PART_TWO[1:], *make_conversations(20, seed=5)]:
         for prompt in (False, True):
             expected = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=prompt)
             assert render_chatml(chat, add_generation_prompt=prompt) == expected
@@ -85,11 +93,23 @@ def test_assistant_spans_cover_content_and_im_end_only():
     assert assistant_spans(MULTI_TURN[:2]) == []
 
 
+def test_leading_assistant_turns_are_context_unless_asked():
+    text = render_chatml(PART_TWO)
+    assert [text[s:e] for s, e in assistant_spans(PART_TWO)] == [f"Part two.{IM_END}"]
+    assert [text[s:e] for s, e in assistant_spans(PART_TWO, train_on_leading_assistant=True)] == [
+        f"...and that ends part one.{IM_END}", f"Anything else?{IM_END}", f"Part two.{IM_END}"]
+    # Turns after the first user turn are trained as before, whatever the option says.
+    assert assistant_spans(MULTI_TURN, train_on_leading_assistant=True) == assistant_spans(MULTI_TURN)
+    assert assistant_spans(PART_TWO[:3]) == []
+
+
 def test_prompt_and_reference_and_bad_messages():
     prompt, reference = prompt_and_reference(MULTI_TURN)
     assert prompt == MULTI_TURN[:4] and reference == "\n\nsecond answer\n"
     with pytest.raises(ValueError, match="no assistant turn"):
         prompt_and_reference(MULTI_TURN[:2])
+    prompt, reference = prompt_and_reference(PART_TWO)  # the leading turns are part of the prompt
+    assert prompt == PART_TWO[:4] and reference == "Part two."
     with pytest.raises(ValueError, match=r"messages\[1\].role"):
         render_chatml([{"role": "user", "content": "a"}, {"role": "gpt", "content": "b"}])
     with pytest.raises(ValueError, match=r"messages\[0\].content"):

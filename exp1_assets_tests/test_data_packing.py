@@ -17,12 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from exp1_assets.data.chat import IM_END, assistant_spans, render_chatml
-from exp1_assets.data.length_stats import histogram_png, length_analysis, png_markdown
+from exp1_assets.data.blocks import BLOCK_COLUMNS, blocks_problem, collate_blocks, load_block_arrays, load_blocks
+from exp1_assets.data.length_stats import histogram_png, length_analysis
 from exp1_assets.data.packing import (
     IGNORE_INDEX, build_blocks, pack_best_fit_decreasing, pack_dataset, pack_split, split_overflow,
     tokenize_conversations,
 )
 from exp1_assets.data.tokenizer import train_bpe_tokenizer
+from exp1_assets.markdown import png_markdown
 
 MAX_LENGTH = 64
 WORDS = ["alpha", "beta", "gamma", "delta", " spaced", "naïve", "🎉", "日本", "x=1", "\n", "don't", "42."]
@@ -172,6 +174,10 @@ def test_pack_split_invariants(tokenizer, tmp_path):
     assert stats.loss_fraction == pytest.approx(stats.loss_tokens / (stats.blocks * MAX_LENGTH), abs=1e-6)
     assert stats.padding_fraction == pytest.approx(1 - stats.tokens / (stats.blocks * MAX_LENGTH), abs=1e-6)
     assert stats.conversations_without_loss == 0 and stats.length_summary["max"] == max(lengths)
+    # What packing writes is what the contract's validator and reader accept.
+    assert blocks_problem(tmp_path / "train.arrow", max_length=MAX_LENGTH, vocab_size=len(tokenizer)) is None
+    loaded = load_blocks(tmp_path / "train.arrow", max_length=MAX_LENGTH, vocab_size=len(tokenizer))
+    assert (loaded.column_names, len(loaded)) == (list(BLOCK_COLUMNS), stats.blocks)
 
 
 def test_zero_loss_split_raises_and_counts_lossless(tokenizer, tmp_path):
@@ -200,7 +206,7 @@ def test_pack_dataset_writes_meta_and_histogram(tokenizer, tmp_path):
     assert meta["splits"]["train"]["conversations"] == 40 == stats["train"].conversations
     assert meta["length_analysis"]["validation"]["count"] == 10
     assert (tmp_path / "packed" / "train.arrow").exists() and (tmp_path / "packed" / "validation.arrow").exists()
-    assert png_markdown(tmp_path / "packed" / "length_histogram.png").startswith("![histogram](data:image/png;base64,iVBOR")
+    assert png_markdown(tmp_path / "packed" / "length_histogram.png", alt="histogram").startswith("![histogram](data:image/png;base64,iVBOR")
 
 
 def test_length_analysis_and_histogram(tmp_path):
@@ -253,3 +259,73 @@ def test_packed_logits_equal_unpacked(tokenizer, tmp_path):
         assert (leaky - alone).abs().max().item() > 1e-3  # the trap documented above
         checked += 1
     assert checked >= 3
+
+
+# ---- the packed-block contract (data/blocks.py) ----------------------------------------------------
+
+GOOD_ROWS = {  # two blocks of 4: a document + filler, two documents
+    "input_ids": [[5, 6, 7, 0], [8, 9, 5, 6]],
+    "labels": [[-100, 6, 7, -100], [-100, 9, -100, 6]],
+    "position_ids": [[0, 1, 2, 0], [0, 1, 0, 1]],
+}
+
+
+def write_stream(path: Path, columns: dict[str, list], *, item=pa.int32()) -> Path:
+    table = pa.table({name: pa.array(rows, type=pa.list_(item)) for name, rows in columns.items()})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def test_block_validator_names_the_first_violation(tmp_path):
+    def problem(columns, **kwargs):
+        path = write_stream(tmp_path / "b.arrow", columns, **kwargs)
+        return blocks_problem(path, max_length=4, vocab_size=10)
+
+    assert problem(GOOD_ROWS) is None
+    assert problem({**GOOD_ROWS, "labels": [[-100, 6, 7, -100], [-100, 9, -100]]}) == (
+        f"{tmp_path / 'b.arrow'}: row 1 of labels has 3 tokens, max_length is 4")
+    assert problem({k: v for k, v in GOOD_ROWS.items() if k != "position_ids"}).endswith(
+        "missing column(s) ['position_ids']; has ['input_ids', 'labels']")
+    assert problem(GOOD_ROWS, item=pa.int64()).endswith("column input_ids is list<item: int64>, "
+                                                         "expected list<item: int32>")
+    assert problem({**GOOD_ROWS, "input_ids": [[5, 6, 7, 0], [8, 10, 5, 6]]}).endswith(
+        "row 1, token 1: token id 10 is outside the vocabulary (size 10)")
+    assert problem({**GOOD_ROWS, "labels": [[-100, 6, 9, -100], [-100, 9, -100, 6]]}).endswith(
+        "row 0, token 2: label 9 is neither -100 nor the token id 7")
+    assert problem({**GOOD_ROWS, "labels": [[-100, 6, 7, -100], [8, 9, -100, 6]]}).endswith(
+        "row 1, token 0: a document start (position 0) is a target (label 8)")
+    assert problem({**GOOD_ROWS, "position_ids": [[0, 1, 2, 0], [1, 2, 0, 1]]}).endswith(
+        "row 1, token 0: position ids start at 1, not 0")
+    assert problem({**GOOD_ROWS, "labels": [[-100] * 4] * 2}).endswith(
+        "no trained token (every label is -100): the loss mask masks everything")
+    assert problem({name: [] for name in BLOCK_COLUMNS}).endswith(": no blocks")
+    assert blocks_problem(tmp_path / "absent.arrow", max_length=4) == f"{tmp_path / 'absent.arrow'}: no such file"
+    (tmp_path / "junk.arrow").write_bytes(b"not arrow")
+    assert "not a readable Arrow IPC stream" in blocks_problem(tmp_path / "junk.arrow", max_length=4)
+
+
+def test_load_blocks_refuses_what_the_validator_refuses(tmp_path):
+    good = write_stream(tmp_path / "good.arrow", GOOD_ROWS)
+    assert load_blocks(good, max_length=4, vocab_size=10).to_dict() == GOOD_ROWS
+    arrays = load_block_arrays(good)
+    assert {name: (a.dtype, a.tolist()) for name, a in arrays.items()} == {
+        name: (np.dtype(np.int32), rows) for name, rows in GOOD_ROWS.items()}
+    with pytest.raises(ValueError, match=r"do not match the contract: .*row 0 of input_ids has 4 tokens, max_length is 8"):
+        load_blocks(good, max_length=8, vocab_size=10)
+    with pytest.raises(ValueError, match="token id 9 is outside the vocabulary"):
+        load_blocks(good, max_length=4, vocab_size=9)
+    with pytest.raises(FileNotFoundError, match="packed blocks not found"):
+        load_blocks(tmp_path / "absent.arrow", max_length=4, vocab_size=10)
+
+
+def test_collate_blocks_stacks_int64_without_attention_mask():
+    import torch
+
+    rows = [{name: GOOD_ROWS[name][i] for name in BLOCK_COLUMNS} for i in range(2)]
+    batch = collate_blocks(rows)
+    assert list(batch) == list(BLOCK_COLUMNS)  # no attention_mask: position_ids make the block-diagonal mask
+    assert all(t.dtype == torch.long and t.shape == (2, 4) for t in batch.values())
+    assert batch["labels"].tolist() == GOOD_ROWS["labels"]
+    with pytest.raises(ValueError, match=r"packed block is missing column 'position_ids' \(has \['input_ids', 'labels'\]\)"):
+        collate_blocks([{"input_ids": [1], "labels": [1]}])

@@ -35,15 +35,21 @@ def good_rows() -> list[dict]:
     ]
 
 
+# With the default leading_assistant="keep" no row is a `bad_first_turn`; with "quarantine" no row
+# reaches the `no_assistant_reply` test (an assistant-first row fails earlier).
+ONLY_WHEN_QUARANTINING_LEADING = "bad_first_turn"
+ONLY_WHEN_KEEPING_LEADING = "no_assistant_reply"
+
+
 def bad_rows() -> list:
-    """Exactly one row per JSON-representable quarantine reason (no 'undecodable')."""
+    """One row per JSON-representable quarantine reason (no 'undecodable'); see above for the 6th."""
     return [
         {"conversations": None, "source": "x"},                                    # missing_conversations
         {"conversations": [turn("robot", "beep"), turn("gpt", "ok")]},             # unknown_role
         {"conversations": [turn("human", "   "), turn("gpt", "ok")]},              # empty_value
         {"conversations": [turn("human", 42), turn("gpt", "ok")]},                 # non_string_value
         {"conversations": [turn("human", "only a question")]},                     # no_assistant_turn
-        {"conversations": [turn("gpt", "I start"), turn("human", "odd")]},         # bad_first_turn
+        {"conversations": [turn("gpt", "I start"), turn("human", "odd")]},         # no_assistant_reply / bad_first_turn
         {"conversations": [turn("human", "x" * 300), turn("gpt", "long")]},        # too_long
         {"conversations": [turn("human", "What is 2 + 3?"), turn("gpt", "2 + 3 = 5.")]},  # duplicate
         [1, 2, 3],                                                                  # not_an_object
@@ -65,12 +71,14 @@ def ingest(tmp_path: Path, path, **kwargs):
     return ingest_conversations(**(defaults | kwargs))
 
 
-def test_jsonl_one_row_of_every_bad_kind(tmp_path):
+@pytest.mark.parametrize(("leading_assistant", "absent"), [("keep", ONLY_WHEN_QUARANTINING_LEADING),
+                                                           ("quarantine", ONLY_WHEN_KEEPING_LEADING)])
+def test_jsonl_one_row_of_every_bad_kind(tmp_path, leading_assistant, absent):
     path = write_jsonl(tmp_path / "data.jsonl", good_rows() + bad_rows(), [b'{"broken": '])
-    result = ingest(tmp_path, path)
+    result = ingest(tmp_path, path, leading_assistant=leading_assistant)
 
     assert (result.rows, result.quarantined, result.input_rows) == (4, 10, 14)
-    assert result.quarantine_reasons == {reason: 1 for reason in REASONS}
+    assert result.quarantine_reasons == {reason: 1 for reason in REASONS if reason != absent}
     table = pq.read_table(tmp_path / "out" / "conversations.parquet").to_pylist()
     assert [r["row"] for r in table] == [0, 1, 2, 3]
     assert [r["id"] for r in table] == ["row-0", "abc", "row-2", "row-3"]
@@ -98,7 +106,7 @@ def test_json_array_streamed(tmp_path):
     path.write_text(json.dumps(good_rows() + bad_rows(), indent=1))
     result = ingest(tmp_path, path)
     assert (result.rows, result.quarantined) == (4, 9)
-    assert result.quarantine_reasons == {r: 1 for r in REASONS if r != "undecodable"}
+    assert result.quarantine_reasons == {r: 1 for r in REASONS if r not in ("undecodable", ONLY_WHEN_QUARANTINING_LEADING)}
 
 
 def test_json_file_holding_json_lines(tmp_path):
@@ -113,8 +121,8 @@ def test_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"conversations": r["conversations"]} for r in rows]), path)
     result = ingest(tmp_path, path)
     assert (result.rows, result.quarantined) == (2, 7)
-    assert result.quarantine_reasons == {r: 1 for r in REASONS
-                                         if r not in ("undecodable", "not_an_object", "non_string_value")}
+    assert result.quarantine_reasons == {r: 1 for r in REASONS if r not in (
+        "undecodable", "not_an_object", "non_string_value", ONLY_WHEN_QUARANTINING_LEADING)}
 
 
 def test_save_to_disk_folder(tmp_path):

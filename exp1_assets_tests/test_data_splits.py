@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from exp1_assets.data.sources import CONVERSATION_SCHEMA, ingest_conversations
-from exp1_assets.data.splits import SPLITS, SplitConfig, prompt_key, split_conversations
+from exp1_assets.data.splits import SPLITS, SplitSpec, prompt_key, split_conversations
 
 FRACTIONS = (0.9, 0.05, 0.05)
 
@@ -41,7 +41,7 @@ def file_digest(path: Path) -> str:
 
 def test_counts_add_up_and_no_prompt_overlap(builtin_conversations, tmp_path):
     path, rows = builtin_conversations
-    result = split_conversations(conversations_path=path, out_dir=tmp_path, fractions=FRACTIONS, seed=0)
+    result = split_conversations(conversations_path=path, out_dir=tmp_path, spec=SplitSpec(fractions=FRACTIONS, seed=0))
     assert sum(result.counts.values()) == rows and result.duplicates_removed == 0
     assert result.overlap == {"validation_train": 0, "test_train": 0}
     assert 0.85 * rows < result.counts["train"] < 0.95 * rows
@@ -60,7 +60,7 @@ def test_counts_add_up_and_no_prompt_overlap(builtin_conversations, tmp_path):
 def test_deterministic_per_seed(builtin_conversations, tmp_path):
     path, _ = builtin_conversations
     runs = [split_conversations(conversations_path=path, out_dir=tmp_path / name,
-                                fractions=FRACTIONS, seed=seed)
+                                spec=SplitSpec(fractions=FRACTIONS, seed=seed))
             for name, seed in (("a", 1), ("b", 1), ("c", 2))]
     digests = [file_digest(tmp_path / name / "validation.parquet") for name in "abc"]
     assert (runs[0].counts, runs[0].stats) == (runs[1].counts, runs[1].stats)
@@ -74,7 +74,7 @@ def test_duplicates_removed_and_same_prompt_same_split(tmp_path):
     rows += [conversation("Question  5 ", "another answer", 42, system="Be nice.")]
     path = write_conversations(tmp_path / "in.parquet", rows)
     result = split_conversations(conversations_path=path, out_dir=tmp_path / "out",
-                                 fractions=(0.5, 0.25, 0.25), seed=0)
+                                 spec=SplitSpec(fractions=(0.5, 0.25, 0.25), seed=0))
     assert result.duplicates_removed == 2 and sum(result.counts.values()) == 41
     where = {r["row"]: s for s in SPLITS
              for r in pq.read_table(tmp_path / "out" / f"{s}.parquet").to_pylist()}
@@ -86,21 +86,21 @@ def test_tiny_corpus_still_fills_validation_and_test(tmp_path):
                                [conversation(f"q{i}", f"a{i}", i) for i in range(5)])
     for seed in range(5):
         result = split_conversations(conversations_path=path, out_dir=tmp_path / str(seed),
-                                     fractions=FRACTIONS, seed=seed)
+                                     spec=SplitSpec(fractions=FRACTIONS, seed=seed))
         assert result.counts["validation"] >= 1 and result.counts["test"] >= 1
         assert result.counts["train"] >= 1 and sum(result.counts.values()) == 5
         assert result.overlap == {"validation_train": 0, "test_train": 0}
     empty_test = split_conversations(conversations_path=path, out_dir=tmp_path / "no_test",
-                                     fractions=(0.9, 0.1, 0.0), seed=0)
+                                     spec=SplitSpec(fractions=(0.9, 0.1, 0.0), seed=0))
     assert empty_test.counts["test"] == 0
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.9, 0.2, -0.1), (0.0, 0.5, 0.5), (0.5, 0.2, 0.2)])
 def test_config_rejects_bad_fractions(fractions):
     with pytest.raises(ValueError, match="fractions"):
-        SplitConfig(fractions=fractions)
+        SplitSpec(fractions=fractions)
 
 
 def test_missing_input_is_named(tmp_path):
     with pytest.raises(ValueError, match="nope.parquet"):
-        split_conversations(conversations_path=tmp_path / "nope.parquet", out_dir=tmp_path, seed=0)
+        split_conversations(conversations_path=tmp_path / "nope.parquet", out_dir=tmp_path)

@@ -52,6 +52,18 @@ def test_checks_are_declared() -> None:
         ("model_checkpoint", "loss_finite"), ("model_checkpoint", "validation_loss_decreased"),
         ("evaluation_report", "perplexity_below_threshold"), ("evaluation_report", "rouge_l_above_threshold"),
     }
+    # The checks of size-partitioned assets are partitioned by size too, so each size keeps its own
+    # results; the others have no partitions.
+    from exp1_assets.defs.partitions import size_partitions
+
+    partitioned = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys
+                   if graph.get(k).partitions_def == size_partitions}
+    assert partitioned == {
+        ("model_checkpoint", "loss_finite"), ("model_checkpoint", "validation_loss_decreased"),
+        ("evaluation_report", "perplexity_below_threshold"), ("evaluation_report", "rouge_l_above_threshold"),
+    }
+    assert all(graph.get(k).partitions_def is None for k in graph.asset_check_keys
+               if (k.asset_key.to_user_string(), k.name) not in partitioned)
 
 
 def test_code_server_import_stays_light() -> None:
@@ -74,9 +86,11 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_library_layers_never_import_dagster() -> None:
-    """data/, training/, evaluation/ (and the jobs' runtime) are plain Python: only dagster_pipes."""
-    files = [p for layer in ("data", "training", "evaluation") for p in (PACKAGE / layer).rglob("*.py")]
-    files += [PACKAGE / "runtime.py", PACKAGE / "sizes.py"]
+    """data/, training/, evaluation/, launch/ (and the jobs' runtime, the storage) are plain Python."""
+    files = [p for layer in ("data", "training", "evaluation", "launch") for p in (PACKAGE / layer).rglob("*.py")]
+    files += [PACKAGE / name for name in ("runtime.py", "sizes.py", "storage.py", "hashing.py", "markdown.py")]
+    assert {"launch/local.py", "launch/slurm.py", "launch/follow.py", "launch/errors.py", "storage.py"} <= {
+        str(p.relative_to(PACKAGE)) for p in files}
     assert len(files) > 10
     offenders = {
         str(p.relative_to(PACKAGE)): sorted(m for m in _imported_modules(p) if m == "dagster" or m.startswith("dagster."))
@@ -91,14 +105,26 @@ def test_the_layering_check_can_fail(tmp_path: Path) -> None:
     assert "dagster" in _imported_modules(bad)
 
 
-def test_training_retries_come_from_the_environment(monkeypatch) -> None:
+def test_training_retries_come_from_the_one_settings_module(monkeypatch) -> None:
     import pytest
 
-    from exp1_assets.defs.training_assets import model_checkpoint, training_retries
+    from exp1_assets.defs.training_assets import model_checkpoint
+    from exp1_assets.settings import Settings
 
-    assert model_checkpoint.op.retry_policy.max_retries == training_retries() == 1
+    assert model_checkpoint.op.retry_policy.max_retries == Settings.from_environ().train_retries == 1
     monkeypatch.setenv("EXP1_TRAIN_RETRIES", "3")
-    assert training_retries() == 3
+    assert Settings.from_environ().train_retries == 3
     monkeypatch.setenv("EXP1_TRAIN_RETRIES", "-1")
     with pytest.raises(ValueError, match="EXP1_TRAIN_RETRIES"):
-        training_retries()
+        Settings.from_environ()
+
+
+def test_environment_knobs_are_read_only_in_the_settings_module() -> None:
+    """EXP1_* variables are named in one module; everything else takes them as arguments."""
+    readers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                     if "EXP1_" in p.read_text() and p.name != "settings.py"
+                     and ("os.environ" in p.read_text() or "getenv" in p.read_text()))
+    assert readers == []
+    fault_vars = [p.name for p in PACKAGE.rglob("*.py") if "EXP1_FAULT" in p.read_text() or "EXP1_HANG" in p.read_text()
+                  or "EXP1_KILL" in p.read_text()]
+    assert fault_vars == []

@@ -12,7 +12,8 @@ import exp1_assets
 
 LIBRARY = sorted(
     m.name for m in pkgutil.walk_packages(exp1_assets.__path__, "exp1_assets.")
-    if m.name.split(".")[1] in ("data", "training", "evaluation", "sizes", "runtime")
+    if m.name.split(".")[1] in ("data", "training", "evaluation", "sizes", "runtime", "launch", "storage",
+                                "hashing", "markdown")
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from eval_tiny_model import chat_rows, make_checkpoint, make_tokenizer, packed_b
 from exp1_assets.evaluation import comparison, prompts, reports, sample_analysis
 from exp1_assets.evaluation.evaluate_job import EvalSpec
 from exp1_assets.evaluation.sample_job import SampleSpec
+from exp1_assets.evaluation.thresholds import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 EVIL = "<script>alert('x')</script> {css} | **bold** ``` {0} }"
@@ -113,6 +115,32 @@ def test_compare_sizes_lists_missing_and_plots(tmp_path):
     assert "350M" in (tmp_path / "comparison.md").read_text()
     empty = comparison.compare_sizes(reports={}, training={}, loss_histories={}, out_dir=tmp_path / "e", all_sizes=["tiny"])
     assert empty["missing_sizes"] == ["tiny"] and empty["rows"] == []
+
+
+def test_each_size_is_judged_by_the_thresholds_its_report_recorded(tmp_path):
+    """A run that raised the perplexity bar passes it in the comparison too, not only in its check."""
+    raised = {"perplexity_below": 40.0, "rouge_l_above": 0.1}
+    result = comparison.compare_sizes(
+        reports={"tiny": {"metrics": {"perplexity": 30.0, "rouge_l": 0.2}, "thresholds": raised},
+                 "125M": {"metrics": {"perplexity": 30.0, "rouge_l": 0.2}}},  # no record: the plan's bars
+        training={}, loss_histories={}, out_dir=tmp_path, all_sizes=["tiny", "125M"])
+    tiny, big = result["rows"]
+    assert (tiny["ppl_pass"], tiny["rouge_l_pass"]) == (True, True)
+    assert (big["ppl_pass"], big["rouge_l_pass"]) == (False, False)
+    recorded = json.loads((tmp_path / "comparison.json").read_text())["thresholds"]
+    assert recorded == {"tiny": raised, "125M": {"perplexity_below": 20.0, "rouge_l_above": 0.3}}
+
+
+def test_the_report_records_the_thresholds_its_checks_used(tmp_path):
+    bars = Thresholds(perplexity_below=40.0)
+    checks = bars.judge({"perplexity": 30.0, "rouge_l": 0.35})
+    assert checks["perplexity_below_threshold"] == {"passed": True, "value": 30.0, "threshold": 40.0}
+    assert Thresholds.recorded_in({"thresholds": asdict(bars)}) == bars
+    spec = EvalSpec(checkpoint_path="c", validation_path="v", test_path="t", output_dir="o", run_dir="r",
+                    thresholds=bars)
+    assert EvalSpec.from_json(spec.to_json()).thresholds == bars  # survives the job's spec file
+    with pytest.raises(ValueError, match="thresholds.rouge_l_above"):
+        Thresholds(rouge_l_above=1.5)
 
 
 def test_specs_validate_and_round_trip(tmp_path):

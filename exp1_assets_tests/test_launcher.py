@@ -77,7 +77,7 @@ def test_two_ranks_train_through_the_launcher(home: Path) -> None:
 
 
 def test_a_failing_rank_fails_the_asset_with_its_own_error(home: Path) -> None:
-    result = _train(home, launcher=JobLauncher(num_processes=2, extra_env={"EXP1_FAULT_RANK": "1"}))
+    result = _train(home, launcher=JobLauncher(num_processes=2), debug={"fail_on_rank": 1})
     assert not result.success
     failure = result.failure_data_for_node("model_checkpoint")
     message = failure.user_failure_data.description if failure.user_failure_data else str(failure.error)

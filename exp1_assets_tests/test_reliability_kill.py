@@ -98,8 +98,8 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_uninterrupted_model(
 
 
 def test_a_hanging_rank_is_stopped_by_the_stall_timeout(home: Path) -> None:
-    launcher = JobLauncher(num_processes=2, stall_timeout_s=20, extra_env={"EXP1_HANG_RANK": "1"})
-    result = _train(home, launcher=launcher)
+    launcher = JobLauncher(num_processes=2, stall_timeout_s=20)
+    result = _train(home, launcher=launcher, debug={"hang_on_rank": 1})
     assert not result.success
     failure = result.failure_data_for_node("model_checkpoint")
     message = failure.user_failure_data.description if failure.user_failure_data else str(failure.error)
@@ -111,8 +111,8 @@ def test_a_hanging_rank_is_stopped_by_the_stall_timeout(home: Path) -> None:
 def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(home: Path) -> None:
     """The job dies mid-write of checkpoint-8 (weights cut short, then SIGKILL of the group): the
     retry finds checkpoint-8 damaged, skips it, resumes from checkpoint-4 and ends at the planned step."""
-    launcher = JobLauncher(extra_env={"EXP1_KILL_DURING_SAVE": "8"})
-    result = _train(home, launcher=launcher, max_steps=STEPS, save_steps=SAVE)
+    launcher = JobLauncher()
+    result = _train(home, launcher=launcher, max_steps=STEPS, save_steps=SAVE, debug={"kill_during_save_at_step": 8})
     assert result.success  # the first attempt died; the retry policy's attempt finished
     runs = home / "runs" / "model_checkpoint" / "tiny"
     assert (next(runs.glob("*/killed-during-save"))).read_text() == "8"

@@ -88,3 +88,64 @@ def test_disk_full_fails_clearly_and_keeps_the_previous_artifact(small_disk: Pat
     assert f"disk full while writing {final}: free space or point EXP1_HOME elsewhere" in message
     assert {p.name: p.read_bytes() for p in final.iterdir()} == before  # the previous artifact, intact
     assert not [p.name for p in small_disk.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+# ---- the plain storage layer and the resource's conversion (no Dagster run) ------------------------
+
+def test_the_storage_layer_raises_its_own_busy_error_and_the_resource_a_failure(tmp_path: Path) -> None:
+    import os
+
+    from exp1_assets.storage import ArtifactBusy, ArtifactRoot
+
+    root = ArtifactRoot(tmp_path)
+    with root.staging("tokenizer"):  # a second open of the lock file conflicts even in this process
+        with pytest.raises(ArtifactBusy) as caught:
+            with root.staging("tokenizer"):
+                pytest.fail("the body must not run while another writer holds the lock")
+        assert caught.value.name == "tokenizer" and caught.value.holder == str(os.getpid())
+        with pytest.raises(Failure, match=f"^tokenizer is being written by another run \\(pid {os.getpid()}\\)"):
+            with ArtifactStore(root=str(tmp_path)).staging("tokenizer"):
+                pytest.fail("the body must not run while another writer holds the lock")
+        # Pruning never waits for a writer: it skips this time.
+        assert root.prune_run_dirs("tokenizer", current=root.run_dir("tokenizer", key="a"), keep=1) == []
+
+
+def test_a_full_disk_in_the_body_is_disk_full_and_the_previous_artifact_stays(tmp_path: Path) -> None:
+    import errno
+
+    from exp1_assets.storage import ArtifactRoot, DiskFull
+
+    root = ArtifactRoot(tmp_path)
+    with root.staging("splits") as out:
+        (out / "train").write_text("v1")
+    with pytest.raises(DiskFull) as caught:
+        with root.staging("splits") as out:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(caught.value).startswith(f"disk full while writing {tmp_path / 'splits'}: free space or point "
+                                        "EXP1_HOME elsewhere")
+    store = ArtifactStore(root=str(tmp_path))
+    with pytest.raises(Failure) as failed:
+        with store.staging("splits"):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert failed.value.allow_retries is False and "disk full while writing" in failed.value.description
+    with pytest.raises(KeyError):  # anything else passes through unchanged
+        with store.staging("splits"):
+            raise KeyError("x")
+    assert (tmp_path / "splits" / "train").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-splits", "splits"]
+
+
+def test_pruning_keeps_the_current_and_the_most_recently_used_run_dirs(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = ArtifactStore(root=str(tmp_path), keep_run_dirs=2)
+    dirs = [store.run_dir("model_checkpoint", "tiny", key=k) for k in ("a", "b", "c", "d")]
+    for age, path in zip((40, 30, 20, 10), dirs):  # "d" was used last, "a" (the current one) first
+        then = time.time() - age
+        os.utime(path, (then, then))
+    pruned = store.prune_run_dirs("model_checkpoint", "tiny", current=dirs[0])
+    assert sorted(p.name for p in pruned) == ["b", "c"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "model_checkpoint" / "tiny").iterdir()) == ["a", "d"]
+    assert ArtifactStore(root=str(tmp_path), keep_run_dirs=0).prune_run_dirs(
+        "model_checkpoint", "tiny", current=dirs[0]) == []

@@ -1,4 +1,4 @@
-"""The model-size registry: exact shapes, honest parameter counts, memory estimates."""
+"""The model-size registry (pure data) and what each size costs: parameter counts, memory estimates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from exp1_assets.sizes import GPT2_VOCAB_SIZE, SIZES, get_size, memory_estimate, param_count
+from exp1_assets.sizes import GPT2_VOCAB_SIZE, SIZES, get_size
+from exp1_assets.training.memory import memory_estimate, param_count
 
 PLAN_SHAPES = {  # research plan: hidden x layers x heads x intermediate, batch, accum, lr
     "125M": (768, 12, 12, 3072, 16, 2, 2e-4),
@@ -96,6 +97,17 @@ def test_sizes_module_does_not_import_torch():
     code = "import sys, exp1_assets.sizes; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sizes_module_is_pure_data_and_imports_nothing_from_the_package():
+    """The registry sits below training/ (model.py imports it): importing it pulls in no other package module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, exp1_assets.sizes; "
+            "print(sorted(m for m in sys.modules if m.startswith('exp1_assets.') and m != 'exp1_assets.sizes'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_notes_only_where_needed():

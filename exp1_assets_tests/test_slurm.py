@@ -19,7 +19,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from exp1_assets.defs.launcher import JobLauncher
-from exp1_assets.defs.slurm import SbatchRequest, render_sbatch
+from exp1_assets.launch.slurm import SbatchRequest, render_sbatch
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
@@ -169,7 +169,7 @@ def test_two_nodes_train_through_slurm_then_the_checkpoint_evaluates(home: Path)
 
 
 def test_a_rank_failing_on_the_second_node_fails_the_asset_with_its_error(home: Path) -> None:
-    result = _train(home, slurm_launcher(extra_env={**JOB_ENV, "EXP1_FAULT_RANK": "1"}))
+    result = _train(home, slurm_launcher(), debug={"fail_on_rank": 1})
     assert not result.success
     failure = result.failure_data_for_node("model_checkpoint")
     message = failure.user_failure_data.description if failure.user_failure_data else str(failure.error)

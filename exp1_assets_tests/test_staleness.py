@@ -137,3 +137,84 @@ def test_data_and_code_changes_make_exactly_the_affected_assets_stale(materializ
     # A different corpus size: yet another version (the seed is not the only input that counts).
     resized = _raw_conversations(instance, home, seed=1, builtin_size=1400)
     assert resized not in (first_version, reseeded)
+
+
+# --- code versions from the import graph ------------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[1] / "exp1_assets"
+VERSIONS_OF_DEFS = ("import json, exp1_assets; from exp1_assets.definitions import defs; g = defs.resolve_asset_graph(); "
+                    "print(json.dumps({'__file__': exp1_assets.__file__, "
+                    "**{k.to_user_string(): g.get(k).code_version for k in g.materializable_asset_keys}}))")
+
+
+def _code_versions_before_and_after_editing(tmp_path: Path, module: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Code versions that the definitions of a copy of the package declare, before and after
+    `module` is edited (a comment appended: only the source changes)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(PACKAGE, copy / "exp1_assets", ignore=shutil.ignore_patterns("__pycache__"))
+    before = _declared_code_versions(copy)
+    edited = copy / "exp1_assets" / module
+    edited.write_text(edited.read_text() + "\n# an edit that changes nothing but the source\n")
+    return before, _declared_code_versions(copy)
+
+
+def _declared_code_versions(root: Path) -> dict[str, str]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", VERSIONS_OF_DEFS], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    versions = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(versions.pop("__file__")).is_relative_to(root)  # the copy's code, not the checkout's
+    return versions
+
+
+def _materialized_at(instance, versions: dict[str, str], *names: str) -> None:
+    """Record a materialization of each asset's `tiny` partition as a run of code `versions` would:
+    its code version, its data version and the (initial) data versions of its inputs."""
+    from dagster import AssetMaterialization
+    from dagster._core.definitions.data_version import (
+        CODE_VERSION_TAG, DATA_VERSION_TAG, DEFAULT_DATA_VERSION, INPUT_DATA_VERSION_TAG_PREFIX,
+        INPUT_EVENT_POINTER_TAG_PREFIX, NULL_EVENT_POINTER,
+    )
+
+    graph = defs.resolve_asset_graph()
+    for name in names:
+        inputs = {}
+        for parent in graph.get(AssetKey(name)).parent_keys:  # never materialized: the initial version
+            inputs[f"{INPUT_DATA_VERSION_TAG_PREFIX}/{parent.to_user_string()}"] = DEFAULT_DATA_VERSION.value
+            inputs[f"{INPUT_EVENT_POINTER_TAG_PREFIX}/{parent.to_user_string()}"] = NULL_EVENT_POINTER
+        instance.report_runless_asset_event(AssetMaterialization(
+            asset_key=name, partition="tiny",
+            tags={CODE_VERSION_TAG: versions[name], DATA_VERSION_TAG: f"{name}-v1", **inputs}))
+
+
+@pytest.mark.parametrize(("module", "stale", "fresh"), [
+    # The decode loop: imported by the evaluation and sample jobs only (it was missing from the old lists).
+    ("evaluation/decoding.py", {"evaluation_report", "sample_set"}, {"model_checkpoint", "size_comparison"}),
+    # The fault hooks: imported by the training job only.
+    ("training/faults.py", {"model_checkpoint"}, {"evaluation_report", "sample_set", "packed_dataset"}),
+])
+def test_editing_a_module_makes_stale_exactly_the_assets_whose_jobs_import_it(
+        tmp_path: Path, dagster_instance, module: str, stale: set[str], fresh: set[str]) -> None:
+    current, edited = _code_versions_before_and_after_editing(tmp_path, module)
+    assert {name for name in current if edited[name] != current[name]} == stale
+
+    # What Dagster's resolver (the UI's "Stale" badge) says of the partitioned assets once the edited
+    # code is deployed, after materializations made by the current code.
+    partitioned = ["model_checkpoint", "evaluation_report", "sample_set"]
+    _materialized_at(dagster_instance, current, *partitioned)
+    assets = [a.map_asset_specs(lambda spec: spec.replace_attributes(code_version=edited[spec.key.to_user_string()]))
+              for a in _assets(*partitioned)]
+    resolver = _resolver(dagster_instance, assets)
+    statuses = {name: resolver.get_status(AssetKey(name), "tiny") for name in partitioned}
+    causes = {name: resolver.get_stale_causes(AssetKey(name), "tiny") for name in partitioned}
+    assert statuses == {name: STALE if name in stale else FRESH for name in partitioned}, causes
+    for name in stale & set(partitioned):
+        [cause] = resolver.get_stale_causes(AssetKey(name), "tiny")
+        assert (cause.category, cause.reason) == (StaleCauseCategory.CODE, "has a new code version")

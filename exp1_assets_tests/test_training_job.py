@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from exp1_assets.training.spec import TrainSpec
+from exp1_assets.training.spec import DebugSpec, TrainSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _training_data import build_dataset  # noqa: E402
@@ -28,7 +28,7 @@ MAX_LENGTH = 64
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_PIPES", "EXP1_FAULT"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", **extra)
     return env
@@ -88,8 +88,8 @@ def test_spec_validation_names_the_field(field, value):
 
 def test_spec_epochs_required_without_steps():
     with pytest.raises(ValueError, match="num_epochs"):
-        base_spec(max_steps=0, num_epochs=0)
-    assert base_spec(max_steps=0, num_epochs=2.0).num_epochs == 2.0
+        base_spec(max_steps=None, num_epochs=0)
+    assert base_spec(max_steps=None, num_epochs=2.0).num_epochs == 2.0
 
 
 def test_spec_from_size_defaults_and_json_round_trip(tmp_path):
@@ -208,7 +208,7 @@ ACCELERATE_TWO_RANKS = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num
 
 def test_two_ranks_train_identical_weights(tmp_path, data_paths):
     spec_path = make_spec(tmp_path, data_paths, max_steps=8, save_steps=8, eval_steps=8,
-                          debug_rank_hashes=True)
+                          debug=DebugSpec(rank_hashes=True))
     done = run_job(spec_path, launcher=ACCELERATE_TWO_RANKS)
     assert done.returncode == 0, done.stderr[-3000:]
     from safetensors.torch import load_file
@@ -229,8 +229,8 @@ def test_two_ranks_train_identical_weights(tmp_path, data_paths):
 
 
 def test_failing_rank_writes_its_error_file(tmp_path, data_paths):
-    spec_path = make_spec(tmp_path, data_paths, max_steps=8)
-    done = run_job(spec_path, launcher=ACCELERATE_TWO_RANKS, EXP1_FAULT_RANK="1")
+    spec_path = make_spec(tmp_path, data_paths, max_steps=8, debug=DebugSpec(fail_on_rank=1))
+    done = run_job(spec_path, launcher=ACCELERATE_TWO_RANKS)
     assert done.returncode != 0
     error = (tmp_path / "run" / "errors" / "rank1.txt").read_text()
     assert error.startswith("rank 1/2: RuntimeError: injected fault on rank 1")

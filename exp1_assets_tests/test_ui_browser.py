@@ -5,6 +5,10 @@ The whole graph is materialized for partition `tiny` through the same GraphQL mu
 "Materialize" button sends, with the FAST run config; then the tests read the results back
 through GraphQL and look at them in headless Chromium (Debian's; Playwright never downloads one).
 Screenshots land in test-artifacts/.
+
+The UI keeps rendering after the network goes quiet, so every read of a page is a Playwright
+`expect(...)` assertion, which retries until it holds (or its timeout ends): nothing reads a count
+or a text at one instant.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ GROUPS = {
 }
 ASSETS = [name for names in GROUPS.values() for name in names]
 EVAL_CHECKS = ["perplexity_below_threshold", "rouge_l_above_threshold"]
+# The checks of the size-partitioned assets are partitioned by size too: one result per size.
+PARTITIONED_CHECKS = {"model_checkpoint": ["loss_finite", "validation_loss_decreased"], "evaluation_report": EVAL_CHECKS}
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that phones home: the test machine has no internet.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -65,6 +71,18 @@ query Checks($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { __
   ... on AssetNode { assetChecksOrError { __typename ... on AssetChecks { checks { name
       executionForLatestMaterialization { status runId evaluation { success severity
           metadataEntries { label ... on FloatMetadataEntry { floatValue } } } } } } } } } }
+"""
+CHECK_EXECUTIONS = """
+query Executions($path: [String!]!, $check: String!, $partition: String) {
+  assetCheckExecutions(assetKey: {path: $path}, checkName: $check, partition: $partition, limit: 10) {
+    runId status partition evaluation { partition success } } }
+"""
+CHECK_PARTITIONS = """
+query CheckPartitions($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { __typename
+  ... on AssetNode { assetChecksOrError { __typename ... on AssetChecks { checks { name
+      partitionStatuses { __typename ... on AssetCheckDefaultPartitionStatuses {
+          succeededPartitions failedPartitions inProgressPartitions skippedPartitions executionFailedPartitions } }
+  } } } } } }
 """
 
 
@@ -168,6 +186,34 @@ def test_evaluation_checks_executed_with_values(dagster_dev: DagsterDev, whole_g
     assert {e["label"]: e["floatValue"] for e in
             checks["perplexity_below_threshold"]["executionForLatestMaterialization"]["evaluation"]["metadataEntries"]
             }["threshold"] == 20.0
+
+
+def check_executions(dev: DagsterDev, asset: str, check: str, *, partition: str) -> list[dict[str, Any]]:
+    """Executions of one check for one partition ("" = those recorded without a partition)."""
+    variables = {"path": [asset], "check": check, "partition": partition}
+    return dev.graphql(CHECK_EXECUTIONS, variables)["assetCheckExecutions"]
+
+
+def test_checks_of_partitioned_assets_keep_one_result_per_size(
+    dagster_dev: DagsterDev, whole_graph_run: str  # noqa: F811
+) -> None:
+    for asset, names in PARTITIONED_CHECKS.items():
+        for name in names:
+            [execution] = check_executions(dagster_dev, asset, name, partition="tiny")
+            assert execution["runId"] == whole_graph_run
+            assert execution["status"] in ("SUCCEEDED", "FAILED"), execution  # evaluated, not skipped/errored
+            assert execution["partition"] == execution["evaluation"]["partition"] == "tiny"
+            assert check_executions(dagster_dev, asset, name, partition="125M") == [], (asset, name)
+            assert check_executions(dagster_dev, asset, name, partition="") == [], (asset, name)  # none unpartitioned
+
+        node = dagster_dev.graphql(CHECK_PARTITIONS, {"path": [asset]})["assetNodeOrError"]
+        statuses = {c["name"]: c["partitionStatuses"] for c in node["assetChecksOrError"]["checks"]}
+        assert sorted(statuses) == sorted(names)
+        for name, status in statuses.items():
+            assert status["__typename"] == "AssetCheckDefaultPartitionStatuses", (asset, name, status)
+            assert sorted(status["succeededPartitions"] + status["failedPartitions"]) == ["tiny"], (asset, name)
+            assert status["inProgressPartitions"] == status["skippedPartitions"] == [], (asset, name)
+            assert status["executionFailedPartitions"] == [], (asset, name)
 
 
 def test_training_progress_reaches_the_run_log(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811

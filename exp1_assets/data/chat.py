@@ -8,6 +8,9 @@ test checks against `tokenizer.apply_chat_template`.
 The trained span of an assistant turn is its content plus its `<|im_end|>`: the model must learn
 to *stop* (known trap: a masked end-of-turn token means generation never ends). The
 `<|im_start|>assistant\\n` header and the newline after `<|im_end|>` are given, never predicted.
+Assistant turns before the first user turn (ShareGPT-style chats split into parts start
+mid-conversation) are context: they answer nothing in the conversation, so they are not trained
+unless `train_on_leading_assistant=True`. The rendered text is the same either way.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ def _check_messages(messages: Sequence[Message]) -> None:
 
 
 def render_with_spans(
-    messages: Sequence[Message], *, add_generation_prompt: bool = False
+    messages: Sequence[Message], *, add_generation_prompt: bool = False, train_on_leading_assistant: bool = False
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The ChatML text and the (start, end) character spans of every assistant turn's target.
+    """The ChatML text and the (start, end) character spans of the assistant turns to train on.
+
+    Assistant turns before the first user turn get a span only with `train_on_leading_assistant`.
 
     >>> text, spans = render_with_spans([{"role": "user", "content": "Hi"},
     ...                                  {"role": "assistant", "content": "Yo"}])
@@ -52,15 +57,25 @@ def render_with_spans(
     '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nYo<|im_end|>\\n'
     >>> [text[s:e] for s, e in spans]
     ['Yo<|im_end|>']
+    >>> part2 = [{"role": "assistant", "content": "...end of part 1."},
+    ...          {"role": "user", "content": "More"}, {"role": "assistant", "content": "Part 2"}]
+    >>> text, spans = render_with_spans(part2)
+    >>> [text[s:e] for s, e in spans]
+    ['Part 2<|im_end|>']
+    >>> text, spans = render_with_spans(part2, train_on_leading_assistant=True)
+    >>> [text[s:e] for s, e in spans]
+    ['...end of part 1.<|im_end|>', 'Part 2<|im_end|>']
     """
     _check_messages(messages)
     pieces: list[str] = []
     spans: list[tuple[int, int]] = []
     cursor = 0
+    seen_user = train_on_leading_assistant  # True: every assistant turn is trained
     for message in messages:
         header = f"{IM_START}{message['role']}\n"
         body = f"{message['content']}{IM_END}"
-        if message["role"] == "assistant":
+        seen_user = seen_user or message["role"] == "user"
+        if message["role"] == "assistant" and seen_user:
             start = cursor + len(header)
             spans.append((start, start + len(body)))
         piece = header + body + "\n"
@@ -80,13 +95,13 @@ def render_chatml(messages: Sequence[Message], *, add_generation_prompt: bool = 
     return render_with_spans(messages, add_generation_prompt=add_generation_prompt)[0]
 
 
-def assistant_spans(messages: Sequence[Message]) -> list[tuple[int, int]]:
+def assistant_spans(messages: Sequence[Message], *, train_on_leading_assistant: bool = False) -> list[tuple[int, int]]:
     """Character spans of `render_chatml(messages)` that are trained (content + `<|im_end|>`).
 
     >>> assistant_spans([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
     [(52, 64)]
     """
-    return render_with_spans(messages)[1]
+    return render_with_spans(messages, train_on_leading_assistant=train_on_leading_assistant)[1]
 
 
 def prompt_and_reference(messages: Sequence[Message]) -> tuple[list[Message], str]:

@@ -1,15 +1,19 @@
-"""One raw OpenHermes-2.5 row -> one normalized conversation, or a reason to quarantine it.
+"""One raw OpenHermes-2.5 / ShareGPT row -> one normalized conversation, or a reason to quarantine it.
 
 OpenHermes-2.5 rows hold `conversations`: a list of `{"from", "value", "weight"}` turns with
 `from` in system|human|gpt, plus many optional, mostly-null columns (system_prompt, source,
-category, id, hash, idx, ...). We also accept `user`/`assistant` roles, `{"role", "content"}`
-turns (a `messages` column), and Alpaca-style `instruction`/`input`/`output` rows.
+category, id, hash, idx, ...). ShareGPT exports use the same layout with more role names
+(chatgpt, bing, bard, user: see `roles.py`). We also accept `{"role", "content"}` turns (a
+`messages` column) and Alpaca-style `instruction`/`input`/`output` rows.
 
 The normalized form (docs/artifacts.md) is
 `{"id", "messages": [{"role", "content"}], "source", "category", "task", "answer", "row"}`
-with roles system|user|assistant, the first non-system turn a user turn, and at least one
-assistant turn. Every rejection carries a stable reason code (see `REASONS`) and a detail
-string saying where (which turn, which value), so a quarantine report is actionable.
+with roles system|user|assistant and at least one assistant turn that answers a user turn.
+About a third of a real ShareGPT export starts with the assistant (long chats are split into
+parts, later parts start mid-conversation): such leading assistant turns are kept as context
+(packing does not train on them by default) unless `leading_assistant="quarantine"`. Every
+rejection carries a stable reason code (see `REASONS`) and a detail string saying where
+(which turn, which value), so a quarantine report is actionable.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+from exp1_assets.data.roles import DEFAULT_ROLE_MAP, RoleMap
 
 # Stable reason codes: dashboards and tests count by these strings, so never rename one.
 REASONS = (
@@ -31,17 +37,15 @@ REASONS = (
     "duplicate",
     "undecodable",
     "not_an_object",
+    "no_assistant_reply",  # assistant turns, but none after a user turn (nothing to train)
 )
 
-DEFAULT_MAX_CHARS = 100_000
+# What to do with assistant turns before the first user turn: keep them as context, or
+# quarantine the row as `bad_first_turn` (the behaviour before ShareGPT-style data was accepted).
+LeadingAssistant = Literal["keep", "quarantine"]
+LEADING_ASSISTANT: tuple[str, ...] = get_args(LeadingAssistant)
 
-ROLE_ALIASES = {
-    "system": "system",
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-}
+DEFAULT_MAX_CHARS = 100_000
 
 # Columns whose first non-empty value names the conversation (docs/artifacts.md: id/idx/hash).
 ID_COLUMNS = ("id", "idx", "hash")
@@ -96,11 +100,12 @@ def _raw_turns(raw: dict[str, Any]) -> list[Any] | Rejection:
                      "'instruction'/'output' column")
 
 
-def _normalize_turn(turn: Any, index: int) -> dict[str, str] | Rejection:
+def _normalize_turn(turn: Any, index: int, roles: RoleMap) -> dict[str, str] | Rejection:
     if not isinstance(turn, dict):
         return Rejection("unknown_role", f"turn {index} is {type(turn).__name__}, not an object")
     role = turn.get("from", turn.get("role"))
-    if not isinstance(role, str) or role.strip().lower() not in ROLE_ALIASES:
+    mapped = roles.resolve(role)
+    if mapped is None:
         return Rejection("unknown_role", f"turn {index}: role {role!r}")
     value = turn.get("value", turn.get("content"))
     if not isinstance(value, str):
@@ -109,7 +114,7 @@ def _normalize_turn(turn: Any, index: int) -> dict[str, str] | Rejection:
     content = value.strip()
     if not content:
         return Rejection("empty_value", f"turn {index} ({role}) is empty")
-    return {"role": ROLE_ALIASES[role.strip().lower()], "content": content}
+    return {"role": mapped, "content": content}
 
 
 def _optional_str(value: Any) -> str | None:
@@ -127,12 +132,15 @@ def normalize_row(
     default_id: str | None = None,
     default_source: str = "unknown",
     max_chars: int = DEFAULT_MAX_CHARS,
+    roles: RoleMap = DEFAULT_ROLE_MAP,
+    leading_assistant: LeadingAssistant = "keep",
 ) -> dict[str, Any] | Rejection:
     """Validate one raw row; return the normalized conversation or a `Rejection`.
 
     `row` is the row's index in its input; `default_id` names rows without id/idx/hash
-    (default `row-<row>`). Duplicates are not detected here (that needs state): see
-    `DuplicateFilter`.
+    (default `row-<row>`); `roles` maps raw role names; `leading_assistant` keeps assistant
+    turns before the first user turn (as context) or quarantines the row (`bad_first_turn`).
+    Duplicates are not detected here (that needs state): see `DuplicateFilter`.
 
     >>> raw = {"conversations": [{"from": "human", "value": "2+2?", "weight": None},
     ...                          {"from": "gpt", "value": " 4 ", "weight": None}],
@@ -142,9 +150,18 @@ def normalize_row(
     [('system', 'Be brief.'), ('user', '2+2?'), ('assistant', '4')]
     >>> conv["id"], conv["source"], conv["row"]
     ('row-7', 'unknown', 7)
-    >>> normalize_row({"conversations": [{"from": "gpt", "value": "hi"}]}, row=0)
+    >>> sharegpt = {"conversations": [{"from": "chatgpt", "value": "...and that is part 1."},
+    ...                               {"from": "human", "value": "Go on"},
+    ...                               {"from": "bard", "value": "Part 2."}]}
+    >>> [m["role"] for m in normalize_row(sharegpt, row=0)["messages"]]
+    ['assistant', 'user', 'assistant']
+    >>> normalize_row(sharegpt, row=0, leading_assistant="quarantine")
     Rejection(reason='bad_first_turn', detail='first non-system turn is assistant, not user')
+    >>> normalize_row({"conversations": [{"from": "gpt", "value": "hi"}]}, row=0).reason
+    'no_assistant_reply'
     """
+    if leading_assistant not in LEADING_ASSISTANT:
+        raise ValueError(f"leading_assistant: {leading_assistant!r} is not one of {LEADING_ASSISTANT}")
     if not isinstance(raw, dict):
         return Rejection("not_an_object", f"row is {type(raw).__name__}")
     turns = _raw_turns(raw)
@@ -153,7 +170,7 @@ def normalize_row(
 
     messages: list[dict[str, str]] = []
     for index, turn in enumerate(turns):
-        message = _normalize_turn(turn, index)
+        message = _normalize_turn(turn, index, roles)
         if isinstance(message, Rejection):
             return message
         messages.append(message)
@@ -166,8 +183,13 @@ def normalize_row(
     first_chat = next((m["role"] for m in messages if m["role"] != "system"), None)
     if not any(m["role"] == "assistant" for m in messages):
         return Rejection("no_assistant_turn", f"roles {[m['role'] for m in messages]}")
-    if first_chat != "user":
+    if first_chat != "user" and leading_assistant == "quarantine":
         return Rejection("bad_first_turn", f"first non-system turn is {first_chat}, not user")
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages))
+    if not any(m["role"] == "assistant" for m in messages[first_user:]):
+        # Only leading (context) assistant turns: nothing to train on, no prompt to evaluate.
+        return Rejection("no_assistant_reply", f"no assistant turn after a user turn: roles "
+                                               f"{[m['role'] for m in messages]}")
     total = sum(len(m["content"]) for m in messages)
     if total > max_chars:
         return Rejection("too_long", f"{total} characters > max_chars={max_chars}")

@@ -6,7 +6,6 @@ percentiles, bucket counts), so a block length can be chosen from data rather th
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,8 +78,3 @@ def histogram_png(lengths: Sequence[int] | np.ndarray, *, path: Path, title: str
         plt.close(figure)
     return path
 
-
-def png_markdown(path: Path, *, alt: str = "histogram") -> str:
-    """Markdown image with the PNG inlined as a base64 data URI (renders in the Dagster UI)."""
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"![{alt}](data:image/png;base64,{encoded})"

@@ -13,6 +13,7 @@ every packed document is never a target: the model's shifted loss would predict 
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import bisect
@@ -20,14 +21,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import numpy as np
 
+from exp1_assets.data.blocks import BLOCK_DTYPE, IGNORE_INDEX, arrow_schema, record_batch
 from exp1_assets.data.chat import render_with_spans
+from exp1_assets.data.specs import PackSpec, TrainOn
 
-IGNORE_INDEX = -100
-TRAIN_ON = ("assistant", "all")
+TRAIN_ON: tuple[str, ...] = get_args(TrainOn)
 # Conversations per encode_batch call: plenty to keep the Rust thread pool busy, while the
 # Encoding objects (offsets, token strings: ~150 bytes/token) never hold a whole chunk.
 ENCODE_BATCH = 1_000
@@ -55,9 +57,13 @@ def labels_from_spans(ids: np.ndarray, offsets: np.ndarray, spans: Sequence[tupl
 
 
 def tokenize_conversations(
-    tokenizer: Any, messages_batch: Sequence[Sequence[dict]], *, train_on: str = "assistant"
+    tokenizer: Any, messages_batch: Sequence[Sequence[dict]], *, train_on: str = "assistant",
+    train_on_leading_assistant: bool = False,
 ) -> list[Document]:
     """Render each conversation as ChatML, encode them in batched calls, label them.
+
+    Assistant turns before the first user turn are context (label -100) unless
+    `train_on_leading_assistant` (see chat.py); `train_on="all"` trains every token regardless.
 
     Each whole conversation is encoded once; `encode_batch` runs in parallel inside the Rust
     tokenizer (without the GIL) and keeps character offsets, so labels come from the assistant
@@ -72,17 +78,21 @@ def tokenize_conversations(
     batches = [messages_batch[start:start + ENCODE_BATCH] for start in range(0, len(messages_batch), ENCODE_BATCH)]
     documents: list[Document] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
-        pending = pool.submit(_render_and_encode, tokenizer, batches[0]) if batches else None
+        encode = functools.partial(_render_and_encode, tokenizer, train_on_leading_assistant=train_on_leading_assistant)
+        pending = pool.submit(encode, batches[0]) if batches else None
         for index in range(len(batches)):
             spans, encodings = pending.result()
             if index + 1 < len(batches):
-                pending = pool.submit(_render_and_encode, tokenizer, batches[index + 1])
+                pending = pool.submit(encode, batches[index + 1])
             documents.extend(_label(encodings, spans, train_on=train_on))
     return documents
 
 
-def _render_and_encode(tokenizer: Any, messages_batch: Sequence[Sequence[dict]]) -> tuple[list, list]:
-    rendered = [render_with_spans(messages) for messages in messages_batch]
+def _render_and_encode(
+    tokenizer: Any, messages_batch: Sequence[Sequence[dict]], *, train_on_leading_assistant: bool
+) -> tuple[list, list]:
+    rendered = [render_with_spans(messages, train_on_leading_assistant=train_on_leading_assistant)
+                for messages in messages_batch]
     encodings = tokenizer.backend_tokenizer.encode_batch([text for text, _ in rendered], add_special_tokens=False)
     return [spans for _, spans in rendered], encodings
 
@@ -192,7 +202,7 @@ def pack_best_fit_decreasing(lengths: Sequence[int], max_length: int) -> list[li
 def build_blocks(
     documents: Sequence[Document], blocks: Sequence[Sequence[int]], *, max_length: int, pad_token_id: int
 ) -> dict[str, np.ndarray]:
-    """Fixed-length int32 arrays (n_blocks, max_length): input_ids, labels, position_ids.
+    """Fixed-length arrays (n_blocks, max_length) of the block contract (blocks.py).
 
     Filler at the end of a block is pad with label -100 and its own position run from 0.
 
@@ -203,10 +213,10 @@ def build_blocks(
     ([[5, 6, 7, 8, 9, 0, 0]], [[-100, 6, 7, -100, 9, -100, -100]], [[0, 1, 2, 0, 1, 0, 1]])
     """
     shape = (len(blocks), max_length)
-    input_ids = np.full(shape, pad_token_id, dtype=np.int32)
-    labels = np.full(shape, IGNORE_INDEX, dtype=np.int32)
-    position_ids = np.zeros(shape, dtype=np.int32)
-    positions = np.arange(max_length, dtype=np.int32)
+    input_ids = np.full(shape, pad_token_id, dtype=BLOCK_DTYPE)
+    labels = np.full(shape, IGNORE_INDEX, dtype=BLOCK_DTYPE)
+    position_ids = np.zeros(shape, dtype=BLOCK_DTYPE)
+    positions = np.arange(max_length, dtype=BLOCK_DTYPE)
     for row, members in enumerate(blocks):
         cursor = 0
         for index in members:
@@ -255,21 +265,9 @@ def configure_tokenizer_threads(num_proc: int | None) -> None:
         os.environ["RAYON_NUM_THREADS"] = str(num_proc)
 
 
-BLOCK_COLUMNS = ("input_ids", "labels", "position_ids")
-
-
-def _record_batch(arrays: dict[str, np.ndarray], schema: Any) -> Any:
-    import pyarrow as pa
-
-    n_blocks, max_length = arrays["input_ids"].shape
-    offsets = pa.array(np.arange(0, (n_blocks + 1) * max_length, max_length, dtype=np.int32))
-    columns = [pa.ListArray.from_arrays(offsets, pa.array(arrays[name].reshape(-1))) for name in BLOCK_COLUMNS]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
 def pack_split(
     *, tokenizer: Any, conversations_path: Path, out_path: Path, max_length: int, train_on: str = "assistant",
-    chunk_rows: int = 20_000, num_proc: int | None = None,
+    chunk_rows: int = 20_000, num_proc: int | None = None, train_on_leading_assistant: bool = False,
 ) -> PackStats:
     """Tokenize and pack one conversations parquet into `out_path` (Arrow IPC stream), chunk by chunk.
 
@@ -292,7 +290,7 @@ def pack_split(
     if "messages" not in parquet.schema_arrow.names:
         raise ValueError(f"{conversations_path}: no 'messages' column (columns: {parquet.schema_arrow.names})")
 
-    schema = pa.schema([(name, pa.list_(pa.int32())) for name in BLOCK_COLUMNS])
+    schema = arrow_schema()
     counts = dict(conversations=0, conversations_without_loss=0, blocks=0, tokens=0, loss_tokens=0,
                   truncated_conversations=0, overflow_tokens=0, pieces_without_loss=0, tokens_without_loss=0)
     lengths: list[np.ndarray] = []
@@ -301,7 +299,8 @@ def pack_split(
     try:
         with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for batch in parquet.iter_batches(batch_size=chunk_rows, columns=["messages"]):
-                documents = tokenize_conversations(tokenizer, batch.column("messages").to_pylist(), train_on=train_on)
+                documents = tokenize_conversations(tokenizer, batch.column("messages").to_pylist(), train_on=train_on,
+                                                   train_on_leading_assistant=train_on_leading_assistant)
                 chunk_lengths = np.fromiter((len(ids) for ids, _ in documents), dtype=np.int64, count=len(documents))
                 lengths.append(chunk_lengths)
                 counts["conversations"] += len(documents)
@@ -324,7 +323,7 @@ def pack_split(
                 counts["tokens"] += sum(len(ids) for ids, _ in pieces)
                 counts["loss_tokens"] += int((arrays["labels"] != IGNORE_INDEX).sum())
                 if blocks:
-                    writer.write_batch(_record_batch(arrays, schema))
+                    writer.write_batch(record_batch(arrays))
         if counts["loss_tokens"] == 0:
             raise ValueError(
                 f"split {out_path.stem} has no loss-carrying tokens: {counts['conversations']} conversations in "
@@ -344,9 +343,12 @@ def pack_split(
     )
 
 
+_DEFAULTS = PackSpec()  # pack_dataset's defaults are PackSpec's: one place owns them
+
+
 def pack_dataset(
-    *, tokenizer_dir: Path, splits_dir: Path, out_dir: Path, max_length: int, train_on: str = "assistant",
-    chunk_rows: int = 20_000,
+    *, tokenizer_dir: Path, splits_dir: Path, out_dir: Path, max_length: int, train_on: TrainOn = _DEFAULTS.train_on,
+    chunk_rows: int = _DEFAULTS.chunk_rows, train_on_leading_assistant: bool = _DEFAULTS.train_on_leading_assistant,
 ) -> dict[str, PackStats]:
     """Pack train and validation into `out_dir` (train.arrow, validation.arrow, meta.json, histogram)."""
     from transformers import AutoTokenizer
@@ -359,12 +361,14 @@ def pack_dataset(
         stats[split] = pack_split(
             tokenizer=tokenizer, conversations_path=splits_dir / f"{split}.parquet",
             out_path=out_dir / f"{split}.arrow", max_length=max_length, train_on=train_on, chunk_rows=chunk_rows,
+            train_on_leading_assistant=train_on_leading_assistant,
         )
     histogram_png(stats["train"].lengths, path=out_dir / "length_histogram.png",
                   title=f"train conversations: tokens per conversation (max_length {max_length})")
     meta = {
         "max_length": max_length, "pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer),
-        "train_on": train_on, "tokenizer_dir": str(tokenizer_dir),
+        "train_on": train_on, "train_on_leading_assistant": train_on_leading_assistant,
+        "tokenizer_dir": str(tokenizer_dir),
         "splits": {split: s.to_dict() for split, s in stats.items()},
         "length_analysis": {split: s.length_summary for split, s in stats.items()},
     }

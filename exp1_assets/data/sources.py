@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,15 @@ import pyarrow.parquet as pq
 from exp1_assets.data import builtin_corpus
 from exp1_assets.data.conversation import (
     DEFAULT_MAX_CHARS,
+    LEADING_ASSISTANT,
     DuplicateFilter,
+    LeadingAssistant,
     Rejection,
     decode_jsonl_line,
     normalize_row,
 )
+from exp1_assets.data.roles import Role, RoleMap
+from exp1_assets.data.specs import IngestSpec
 
 SOURCES = ("builtin", "local", "hub")
 WRITE_BATCH_ROWS = 10_000
@@ -209,6 +213,9 @@ class _ConversationWriter:
         return self._hash.hexdigest()
 
 
+_DEFAULTS = IngestSpec()  # the defaults below are IngestSpec's: one place owns them
+
+
 def ingest_conversations(
     *,
     source: str,
@@ -217,10 +224,21 @@ def ingest_conversations(
     max_samples: int | None,
     seed: int,
     out_dir: Path,
-    builtin_size: int = 20_000,
-    max_chars: int = DEFAULT_MAX_CHARS,
+    builtin_size: int = _DEFAULTS.builtin_size,
+    max_chars: int = _DEFAULTS.max_chars,
+    role_aliases: Mapping[str, Role] | None = _DEFAULTS.role_aliases,
+    replace_default_roles: bool = _DEFAULTS.replace_default_roles,
+    leading_assistant: LeadingAssistant = _DEFAULTS.leading_assistant,
 ) -> IngestResult:
-    """Validate every input row into `out_dir`; raise ValueError if nothing usable remains."""
+    """Validate every input row into `out_dir`; raise ValueError if nothing usable remains.
+
+    `role_aliases` adds raw role names (case-insensitive) to the defaults in `roles.py`, or
+    replaces them with `replace_default_roles=True`; `leading_assistant` keeps assistant turns
+    before the first user turn as context ("keep") or quarantines such rows ("quarantine").
+    """
+    roles = RoleMap(aliases=role_aliases, replace_defaults=replace_default_roles)  # fails before any reading
+    if leading_assistant not in LEADING_ASSISTANT:
+        raise ValueError(f"leading_assistant: {leading_assistant!r} is not one of {LEADING_ASSISTANT}")
     if source not in SOURCES:
         raise ValueError(f"source: {source!r} is not one of {SOURCES}")
     if max_samples is not None and max_samples < 1:
@@ -252,7 +270,8 @@ def ingest_conversations(
                 input_rows += 1
                 result = raw if isinstance(raw, Rejection) else normalize_row(
                     raw, row=row, default_id=f"row-{input_rows - 1}",
-                    default_source=default_source, max_chars=max_chars)
+                    default_source=default_source, max_chars=max_chars, roles=roles,
+                    leading_assistant=leading_assistant)
                 if not isinstance(result, Rejection) and seen.is_duplicate(result["messages"]):
                     result = Rejection("duplicate", "same messages as an earlier kept row")
                 if isinstance(result, Rejection):
@@ -282,6 +301,9 @@ def ingest_conversations(
                           path=path, data_version=data_version, preview=preview, files=files,
                           input_rows=input_rows)
     summary = asdict(result) | {"hub_id": hub_id if source == "hub" else None,
-                                "max_samples": max_samples, "seed": seed, "max_chars": max_chars}
+                                "max_samples": max_samples, "seed": seed, "max_chars": max_chars,
+                                "role_aliases": dict(role_aliases) if role_aliases else None,
+                                "replace_default_roles": replace_default_roles,
+                                "leading_assistant": leading_assistant}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return result

@@ -23,27 +23,10 @@ import pyarrow.parquet as pq
 
 from exp1_assets.data.conversation import messages_digest
 from exp1_assets.data.sources import CONVERSATION_SCHEMA, WRITE_BATCH_ROWS
+from exp1_assets.data.specs import SplitSpec
 
 SPLITS = ("train", "validation", "test")
 READ_BATCH_ROWS = 10_000
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """Fractions of (train, validation, test); each >= 0, train > 0, summing to 1."""
-
-    fractions: tuple[float, float, float] = (0.98, 0.01, 0.01)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if len(self.fractions) != 3:
-            raise ValueError(f"fractions: need 3 values (train, validation, test), got {self.fractions}")
-        if any(f < 0 for f in self.fractions):
-            raise ValueError(f"fractions: each must be >= 0, got {self.fractions}")
-        if self.fractions[0] <= 0:
-            raise ValueError(f"fractions: train must be > 0, got {self.fractions}")
-        if abs(sum(self.fractions) - 1.0) > 1e-6:
-            raise ValueError(f"fractions: must sum to 1, got {sum(self.fractions)}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +77,7 @@ def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
-def _plan(path: Path, config: SplitConfig) -> dict[str, str]:
+def _plan(path: Path, config: SplitSpec) -> dict[str, str]:
     """First pass: overrides {prompt key -> split} that give empty non-zero splits one prompt.
 
     Hashing alone can leave validation/test empty on tiny corpora; then we move the train
@@ -158,15 +141,13 @@ def split_conversations(
     *,
     conversations_path: Path,
     out_dir: Path,
-    fractions: tuple[float, float, float] = (0.98, 0.01, 0.01),
-    seed: int = 0,
+    spec: SplitSpec = SplitSpec(),
 ) -> SplitResult:
     """Write train/validation/test.parquet and summary.json into `out_dir`."""
-    config = SplitConfig(fractions=tuple(fractions), seed=seed)
     conversations_path, out_dir = Path(conversations_path), Path(out_dir)
     if not conversations_path.is_file():
         raise ValueError(f"conversations_path: {conversations_path} is not a file")
-    overrides = _plan(conversations_path, config)
+    overrides = _plan(conversations_path, spec)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = {s: pq.ParquetWriter(out_dir / f"{s}.parquet", CONVERSATION_SCHEMA) for s in SPLITS}
@@ -188,7 +169,7 @@ def split_conversations(
                 continue
             seen.add(digest)
             key = prompt_key(row["messages"])
-            split = overrides.get(key) or _bucket(_unit_interval(key, config.seed), config.fractions)
+            split = overrides.get(key) or _bucket(_unit_interval(key, spec.seed), spec.fractions)
             keys[split].add(key)
             stats[split].add(row["messages"])
             batches[split].append(row)
@@ -206,7 +187,7 @@ def split_conversations(
         stats={s: stats[s].summary() for s in SPLITS},
         files=[str(out_dir / f"{s}.parquet") for s in SPLITS],
     )
-    summary = asdict(result) | {"fractions": list(config.fractions), "seed": seed,
+    summary = asdict(result) | {"fractions": list(spec.fractions), "seed": spec.seed,
                                 "input": str(conversations_path)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return result

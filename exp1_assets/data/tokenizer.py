@@ -113,7 +113,7 @@ def _training_pieces(texts: Iterator[str]) -> Iterator[str]:
 
 
 def train_bpe_tokenizer(
-    *, train_path: Path, out_dir: Path, vocab_size: int = 4096, sample_rows: int | None = 200_000,
+    *, train_path: Path, out_dir: Path, vocab_size: int, sample_rows: int | None = None,
     min_frequency: int = 2,
 ) -> TokenizerInfo:
     """Train a byte-level BPE on the rendered ChatML of `train_path` and save it to `out_dir`."""

@@ -6,8 +6,10 @@ code server never imports pyarrow/transformers just to list the graph.
 """
 
 
+import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from dagster import (
     AssetCheckResult,
@@ -21,26 +23,40 @@ from dagster import (
 )
 from pydantic import Field
 
+from exp1_assets.data.conversation import LeadingAssistant
+from exp1_assets.data.specs import IngestSpec, PackSpec, SourceKind, SplitSpec, TokenizerKind, TokenizerSpec, TrainOn
+from exp1_assets.defs.config_overlay import given_fields, library_default
 from exp1_assets.defs.store import ArtifactStore
-from exp1_assets.defs.versions import code_version, file_digest
+from exp1_assets.defs.versions import code_version
+from exp1_assets.hashing import content_digest, directory_digest
+from exp1_assets.markdown import md_records_table, png_markdown
 
 GROUP = "data"
 
 
 class RawConversationsConfig(Config):
-    source: str = Field(default="builtin", description="'builtin' (synthetic corpus), 'local' or 'hub'")
-    path: str = Field(default="", description="local: .jsonl, .json array, .parquet, save_to_disk folder; globs ok")
-    hub_id: str = Field(default="teknium/OpenHermes-2.5", description="hub: the dataset id")
-    max_samples: int = Field(default=0, description="Read at most this many input rows (0 = all)")
-    seed: int = Field(default=0, description="Seed of the built-in generator")
-    builtin_size: int = Field(default=20_000, description="Conversations the built-in generator makes")
-    max_chars: int = Field(default=100_000, description="Longer conversations are quarantined as too_long")
-    max_quarantine_fraction: float = Field(default=0.2, description="Check: quarantined/input above this fails")
+    """Overrides of `IngestSpec`; unset fields keep its defaults (the built-in corpus, 20,000 rows)."""
+
+    source: SourceKind = Field(default=library_default(IngestSpec, "source"),
+                               description="builtin (synthetic corpus, offline), local (files) or hub")
+    path: Optional[str] = Field(default=None, description="local: .jsonl, .json array, .parquet, save_to_disk folder; globs ok")
+    hub_id: Optional[str] = Field(default=None, description="hub: the dataset id (unset: teknium/OpenHermes-2.5)")
+    max_samples: Optional[int] = Field(default=None, description="Read at most this many input rows (unset: all)")
+    seed: Optional[int] = Field(default=None, description="Seed of the built-in generator")
+    builtin_size: Optional[int] = Field(default=None, description="Conversations the built-in generator makes")
+    max_chars: Optional[int] = Field(default=None, description="Longer conversations are quarantined as too_long")
+    role_aliases: Optional[dict[str, str]] = Field(
+        default=None, description="Extra raw role names -> system/user/assistant, over the built-in aliases")
+    replace_default_roles: Optional[bool] = Field(default=None, description="Use only role_aliases")
+    leading_assistant: LeadingAssistant = Field(
+        default=library_default(IngestSpec, "leading_assistant"),
+        description="keep: assistant turns before the first user turn are context, not trained; quarantine: reject")
+    max_quarantine_fraction: Optional[float] = Field(default=None, description="Check: quarantined/input above this fails")
 
 
 @asset(
     group_name=GROUP,
-    code_version=code_version("data/sources.py", "data/conversation.py", "data/builtin_corpus.py"),
+    code_version=code_version("exp1_assets.data.sources"),
     check_specs=[AssetCheckSpec("quarantine_rate_ok", asset="raw_conversations",
                                 description="Share of quarantined input rows under the configured limit")],
     description="OpenHermes-format conversations, normalized; bad rows quarantined with reasons.",
@@ -50,14 +66,9 @@ def raw_conversations(
 ) -> MaterializeResult:
     from exp1_assets.data.sources import ingest_conversations
 
-    if config.source not in ("builtin", "local", "hub"):
-        raise ValueError(f"raw_conversations.source: {config.source!r} is not builtin, local or hub")
+    spec = IngestSpec(**given_fields(config))
     with store.staging("raw_conversations") as out:
-        result = ingest_conversations(
-            source=config.source, path=config.path or None, hub_id=config.hub_id,
-            max_samples=config.max_samples or None, seed=config.seed, out_dir=out,
-            builtin_size=config.builtin_size, max_chars=config.max_chars,
-        )
+        result = ingest_conversations(out_dir=out, **spec.reader_arguments())
     total = result.rows + result.quarantined
     rate = result.quarantined / total if total else 0.0
     context.log.info(f"kept {result.rows} rows, quarantined {result.quarantined}: {result.quarantine_reasons}")
@@ -66,31 +77,39 @@ def raw_conversations(
             "rows": result.rows,
             "quarantined": result.quarantined,
             "quarantine_reasons": MetadataValue.json(result.quarantine_reasons),
-            "source": config.source,
-            "path": config.path or (config.hub_id if config.source == "hub" else ""),
+            "source": spec.source,
+            "path": spec.path or (spec.hub_id if spec.source == "hub" else ""),
             "data_version": result.data_version,
             "artifact": MetadataValue.path(str(store.path("raw_conversations"))),
             "preview": MetadataValue.md(_preview_table(result.preview)),
         },
         data_version=DataVersion(result.data_version),
         check_results=[AssetCheckResult(
-            check_name="quarantine_rate_ok", passed=rate <= config.max_quarantine_fraction,
-            metadata={"quarantine_rate": rate, "limit": config.max_quarantine_fraction},
+            check_name="quarantine_rate_ok", passed=rate <= spec.max_quarantine_fraction,
+            metadata={"quarantine_rate": rate, "limit": spec.max_quarantine_fraction},
         )],
     )
 
 
 class SplitsConfig(Config):
-    train_fraction: float = 0.9
-    validation_fraction: float = 0.05
-    test_fraction: float = 0.05
-    seed: int = 0
+    """Overrides of `SplitSpec`; unset fields keep its defaults (0.9 / 0.05 / 0.05, seed 0)."""
+
+    train_fraction: Optional[float] = Field(default=None, description="Share of conversations in train")
+    validation_fraction: Optional[float] = Field(default=None, description="Share in validation")
+    test_fraction: Optional[float] = Field(default=None, description="Share in test")
+    seed: Optional[int] = Field(default=None, description="Seed of the prompt hash that assigns splits")
+
+    def spec(self) -> SplitSpec:
+        defaults = SplitSpec()
+        given = (self.train_fraction, self.validation_fraction, self.test_fraction)
+        fractions = tuple(d if g is None else g for g, d in zip(given, defaults.fractions))
+        return SplitSpec(fractions=fractions, seed=defaults.seed if self.seed is None else self.seed)
 
 
 @asset(
     group_name=GROUP,
     deps=[raw_conversations],
-    code_version=code_version("data/splits.py"),
+    code_version=code_version("exp1_assets.data.splits"),
     check_specs=[AssetCheckSpec("no_split_overlap", asset="conversation_splits",
                                 description="No validation or test prompt appears in train")],
     description="Deterministic train/validation/test split by prompt hash, duplicates removed.",
@@ -103,10 +122,7 @@ def conversation_splits(
     source = store.path("raw_conversations") / "conversations.parquet"
     _require(source, "raw_conversations")
     with store.staging("conversation_splits") as out:
-        result = split_conversations(
-            conversations_path=source, out_dir=out, seed=config.seed,
-            fractions=(config.train_fraction, config.validation_fraction, config.test_fraction),
-        )
+        result = split_conversations(conversations_path=source, out_dir=out, spec=config.spec())
     final = store.path("conversation_splits")
     overlap = sum(result.overlap.values())
     stats_rows = [{"split": s, **{k: v for k, v in st.items() if k != "roles"}, **st.get("roles", {})}
@@ -116,26 +132,29 @@ def conversation_splits(
             **{f"{split}_rows": n for split, n in result.counts.items()},
             "duplicates_removed": result.duplicates_removed,
             "overlap": MetadataValue.json(result.overlap),
-            "stats": MetadataValue.md(_md_table(stats_rows)),
+            "stats": MetadataValue.md(md_records_table(stats_rows)),
             "artifact": MetadataValue.path(str(final)),
         },
-        data_version=DataVersion(file_digest(*(final / f"{s}.parquet" for s in ("train", "validation", "test")))),
+        data_version=DataVersion(content_digest(final / f"{s}.parquet" for s in ("train", "validation", "test"))),
         check_results=[AssetCheckResult(check_name="no_split_overlap", passed=overlap == 0,
                                         metadata={"overlapping_prompts": overlap})],
     )
 
 
 class TokenizerConfig(Config):
-    kind: str = Field(default="trained", description="'trained' (byte-level BPE on train) or 'pretrained'")
-    vocab_size: int = Field(default=4096, description="Trained BPE: vocabulary size")
-    pretrained: str = Field(default="gpt2", description="Pretrained: hub name or local folder")
-    sample_rows: int = Field(default=200_000, description="Train the BPE on at most this many conversations")
+    """Overrides of `TokenizerSpec`; unset fields keep its defaults (a 4096-token trained BPE)."""
+
+    kind: TokenizerKind = Field(default=library_default(TokenizerSpec, "kind"),
+                                description="trained (byte-level BPE on train) or pretrained")
+    vocab_size: Optional[int] = Field(default=None, description="Trained BPE: vocabulary size")
+    pretrained: Optional[str] = Field(default=None, description="Pretrained: hub name or local folder")
+    sample_rows: Optional[int] = Field(default=None, description="Trained BPE: learn from at most this many conversations")
 
 
 @asset(
     group_name=GROUP,
     deps=[conversation_splits],
-    code_version=code_version("data/tokenizer.py", "data/chat.py"),
+    code_version=code_version("exp1_assets.data.tokenizer"),
     check_specs=[AssetCheckSpec("tokenizer_roundtrip", asset="tokenizer",
                                 description="decode(encode(x)) == x on validation text; ChatML tokens single ids")],
     description="Byte-level BPE (or a pretrained tokenizer) with ChatML tokens and chat template.",
@@ -151,14 +170,13 @@ def tokenizer(context: AssetExecutionContext, config: TokenizerConfig, store: Ar
     splits = store.path("conversation_splits")
     _require(splits / "train.parquet", "conversation_splits")
     samples = [render_chatml(m) for m in iter_conversation_messages(splits / "validation.parquet", sample_rows=200)]
+    spec = TokenizerSpec(**given_fields(config))
     with store.staging("tokenizer") as out:
-        if config.kind == "trained":
+        if spec.kind == "trained":
             info = train_bpe_tokenizer(train_path=splits / "train.parquet", out_dir=out,
-                                       vocab_size=config.vocab_size, sample_rows=config.sample_rows)
-        elif config.kind == "pretrained":
-            info = load_pretrained_tokenizer(name_or_path=config.pretrained, out_dir=out, sample_texts=samples)
+                                       vocab_size=spec.vocab_size, sample_rows=spec.sample_rows)
         else:
-            raise ValueError(f"tokenizer.kind: {config.kind!r} is not 'trained' or 'pretrained'")
+            info = load_pretrained_tokenizer(name_or_path=spec.pretrained, out_dir=out, sample_texts=samples)
     final = store.path("tokenizer")
     loaded = AutoTokenizer.from_pretrained(str(final))
     ok, failures = roundtrip_ok(loaded, samples)
@@ -172,7 +190,7 @@ def tokenizer(context: AssetExecutionContext, config: TokenizerConfig, store: Ar
             "eos_token_id": info.eos_token_id,
             "artifact": MetadataValue.path(str(final)),
         },
-        data_version=DataVersion(file_digest(*sorted(p for p in final.iterdir() if p.is_file()))),
+        data_version=DataVersion(directory_digest(final)),
         check_results=[AssetCheckResult(
             check_name="tokenizer_roundtrip", passed=not failures and specials_ok,
             metadata={"roundtrip_ok": ok, "roundtrip_failures": len(failures), "special_tokens_single": specials_ok},
@@ -181,42 +199,46 @@ def tokenizer(context: AssetExecutionContext, config: TokenizerConfig, store: Ar
 
 
 class PackedConfig(Config):
-    max_length: int = Field(default=256, description="Block length; the research plan used 2048 (tiny: 256)")
-    train_on: str = Field(default="assistant", description="'assistant' (responses only) or 'all'")
-    chunk_rows: int = Field(default=20_000, description="Conversations tokenized and packed per chunk")
+    """Overrides of `PackSpec`; unset fields keep its defaults (256-token blocks, assistant-only loss)."""
+
+    max_length: Optional[int] = Field(default=None, description="Block length; the research plan used 2048 (tiny: 256)")
+    train_on: TrainOn = Field(default=library_default(PackSpec, "train_on"),
+                              description="assistant (responses only) or all")
+    chunk_rows: Optional[int] = Field(default=None, description="Conversations tokenized and packed per chunk")
+    train_on_leading_assistant: Optional[bool] = Field(
+        default=None, description="Also train on assistant turns before the first user turn (unset: no, they are context)")
 
 
 @asset(
     group_name=GROUP,
     deps=[tokenizer],
-    code_version=code_version("data/packing.py", "data/chat.py", "data/length_stats.py"),
+    code_version=code_version("exp1_assets.data.packing", "exp1_assets.data.blocks"),
     check_specs=[AssetCheckSpec("blocks_well_formed", asset="packed_dataset",
-                                description="Every block exactly max_length; loss-carrying fraction > 0")],
+                                description="Each split meets the packed-block contract (data/blocks.py): "
+                                            "row lengths, vocabulary, labels, positions, some trained token")],
     description="ChatML-rendered, tokenized, assistant-masked conversations packed into fixed blocks.",
 )
 def packed_dataset(context: AssetExecutionContext, config: PackedConfig, store: ArtifactStore) -> MaterializeResult:
-    import pyarrow as pa
-
-    from exp1_assets.data.length_stats import png_markdown
+    from exp1_assets.data.blocks import blocks_problem
     from exp1_assets.data.packing import pack_dataset
 
-    if config.train_on not in ("assistant", "all"):
-        raise ValueError(f"packed_dataset.train_on: {config.train_on!r} is not 'assistant' or 'all'")
+    spec = PackSpec(**given_fields(config))
     splits, tok = store.path("conversation_splits"), store.path("tokenizer")
     _require(tok / "tokenizer.json", "tokenizer")
     with store.staging("packed_dataset") as out:
-        stats = pack_dataset(tokenizer_dir=tok, splits_dir=splits, out_dir=out, max_length=config.max_length,
-                             train_on=config.train_on, chunk_rows=config.chunk_rows)
+        stats = pack_dataset(tokenizer_dir=tok, splits_dir=splits, out_dir=out, **asdict(spec))
         # Written with the blocks so that training can key its resumable runs on the content
         # without re-hashing gigabytes of blocks on every launch.
-        version = file_digest(out / "train.arrow", out / "validation.arrow", tok / "tokenizer.json")
+        version = content_digest([out / "train.arrow", out / "validation.arrow", tok / "tokenizer.json"])
         (out / "version.txt").write_text(version)
     final = store.path("packed_dataset")
-    lengths_ok = all(_block_lengths_ok(final / f"{s}.arrow", config.max_length, pa) for s in stats)
-    loss_ok = all(s.loss_tokens > 0 for s in stats.values())
+    # The same validator training runs before it reads the blocks; None means the split is well formed.
+    vocab_size = json.loads((final / "meta.json").read_text())["vocab_size"]
+    problems = {s: blocks_problem(final / f"{s}.arrow", max_length=spec.max_length, vocab_size=vocab_size)
+                for s in stats}
     train = stats["train"]
     metadata: dict[str, Any] = {
-        "max_length": config.max_length,
+        "max_length": spec.max_length,
         **{f"{s}_blocks": st.blocks for s, st in stats.items()},
         **{f"{s}_tokens": st.tokens for s, st in stats.items()},
         "loss_fraction": float(train.loss_fraction),
@@ -224,26 +246,19 @@ def packed_dataset(context: AssetExecutionContext, config: PackedConfig, store: 
         "truncated_conversations": sum(s.truncated_conversations for s in stats.values()),
         "conversations_without_loss": sum(s.conversations_without_loss for s in stats.values()),
         "pieces_without_loss": sum(s.pieces_without_loss for s in stats.values()),  # not packed
-        "length_analysis": MetadataValue.md(_md_table([_flat_summary(s, st.length_summary) for s, st in stats.items()])),
-        "length_histogram": MetadataValue.md(png_markdown(final / "length_histogram.png")),
+        "length_analysis": MetadataValue.md(
+            md_records_table([_flat_summary(s, st.length_summary) for s, st in stats.items()])),
+        "length_histogram": MetadataValue.md(png_markdown(final / "length_histogram.png", alt="histogram")),
         "artifact": MetadataValue.path(str(final)),
     }
     return MaterializeResult(
         metadata=metadata,
         data_version=DataVersion(version),
-        check_results=[AssetCheckResult(check_name="blocks_well_formed", passed=lengths_ok and loss_ok,
-                                        metadata={"all_blocks_max_length": lengths_ok, "loss_tokens_present": loss_ok})],
+        check_results=[AssetCheckResult(
+            check_name="blocks_well_formed", passed=all(p is None for p in problems.values()),
+            metadata={f"{s}_problem": p or "none" for s, p in problems.items()},
+        )],
     )
-
-
-def _block_lengths_ok(path: Path, max_length: int, pa: Any) -> bool:
-    with pa.memory_map(str(path)) as source:
-        reader = pa.ipc.open_stream(source)
-        for batch in reader:
-            lengths = batch.column("input_ids").value_lengths()
-            if pa.compute.any(pa.compute.not_equal(lengths, max_length)).as_py():
-                return False
-    return True
 
 
 def _flat_summary(split: str, summary: dict[str, Any]) -> dict[str, Any]:
@@ -266,16 +281,4 @@ def _preview_table(rows: list[dict[str, Any]]) -> str:
         last = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
         flat.append({"id": row.get("id"), "turns": len(messages), "task": row.get("task") or "",
                      "user": first[:80], "assistant": last[:80]})
-    return _md_table(flat)
-
-
-def _md_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(empty)"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    def cell(v: Any) -> str:
-        text = f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
-        return text.replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return md_records_table(flat)

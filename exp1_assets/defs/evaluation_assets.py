@@ -8,7 +8,7 @@ All three follow their upstream through declarative automation.
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from dagster import (
     AssetCheckResult,
@@ -23,26 +23,33 @@ from dagster import (
 )
 from pydantic import Field
 
+from exp1_assets.defs.config_overlay import given_fields
 from exp1_assets.defs.data_assets import conversation_splits, packed_dataset
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.partitions import size_partitions
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.defs.training_assets import model_checkpoint
 from exp1_assets.defs.versions import code_version
+from exp1_assets.evaluation.evaluate_job import EvalSpec
+from exp1_assets.evaluation.sample_job import SampleSpec
+from exp1_assets.evaluation.thresholds import CHECK_DESCRIPTIONS, Thresholds
+from exp1_assets.markdown import png_markdown
 from exp1_assets.sizes import SIZES
 
-CHECKS = {"perplexity_below_threshold": "Perplexity on validation assistant tokens < threshold (plan: 20)",
-          "rouge_l_above_threshold": "ROUGE-L of greedy answers on test prompts > threshold (plan: 0.3)"}
-
-
 class EvaluationConfig(Config):
-    num_samples: int = Field(default=1000, description="Test conversations to answer (0 = perplexity only)")
-    max_new_tokens: int = 128
-    generation_batch_size: int = 64  # rows decoding together (bench/RESULTS.md)
-    max_eval_blocks: int = Field(default=0, description="Validation blocks for perplexity (0 = all)")
-    perplexity_threshold: float = 20.0
-    rouge_l_threshold: float = 0.3
-    seed: int = 0
+    """Overrides of `EvalSpec` (and the experiment's `Thresholds`); unset fields keep their defaults."""
+
+    num_samples: Optional[int] = Field(default=None, description="Test conversations to answer (0 = perplexity only)")
+    max_new_tokens: Optional[int] = Field(default=None, description="Longest greedy answer, in tokens")
+    generation_batch_size: Optional[int] = Field(default=None, description="Rows decoding together")
+    max_eval_blocks: Optional[int] = Field(default=None, description="Validation blocks for perplexity (unset: all)")
+    perplexity_threshold: Optional[float] = Field(default=None, description="Check: perplexity must be below (plan: 20)")
+    rouge_l_threshold: Optional[float] = Field(default=None, description="Check: ROUGE-L must be above (plan: 0.3)")
+    seed: Optional[int] = Field(default=None, description="Which test conversations are sampled")
+
+    def thresholds(self) -> Thresholds:
+        given = {"perplexity_below": self.perplexity_threshold, "rouge_l_above": self.rouge_l_threshold}
+        return Thresholds(**{k: v for k, v in given.items() if v is not None})
 
 
 @asset(
@@ -51,16 +58,15 @@ class EvaluationConfig(Config):
     deps=[model_checkpoint, conversation_splits, packed_dataset],
     pool="gpu",
     automation_condition=AutomationCondition.eager(),
-    code_version=code_version("evaluation/evaluate_job.py", "evaluation/metrics.py",
-                              "evaluation/generation.py", "evaluation/reports.py", "evaluation/prompts.py"),
-    check_specs=[AssetCheckSpec(name, asset="evaluation_report", description=text) for name, text in CHECKS.items()],
+    code_version=code_version("exp1_assets.evaluation.evaluate_job"),
+    # Partitioned like the asset, so each size keeps its own result (else the UI shows only the latest size's).
+    check_specs=[AssetCheckSpec(name, asset="evaluation_report", description=text, partitions_def=size_partitions)
+                 for name, text in CHECK_DESCRIPTIONS.items()],
     description="Perplexity, bits per byte, ROUGE/BLEU/chrF, diversity and probes for one size.",
 )
 def evaluation_report(
     context: AssetExecutionContext, config: EvaluationConfig, store: ArtifactStore, launcher: JobLauncher
 ) -> MaterializeResult:
-    from exp1_assets.evaluation.evaluate_job import EvalSpec
-
     size = context.partition_key
     checkpoint = _require_checkpoint(store, size)
     run_dir = store.run_dir("evaluation_report", size)
@@ -69,10 +75,8 @@ def evaluation_report(
             checkpoint_path=str(checkpoint), output_dir=str(out), run_dir=str(run_dir),
             validation_path=str(store.path("packed_dataset") / "validation.arrow"),
             test_path=str(store.path("conversation_splits") / "test.parquet"),
-            num_samples=config.num_samples, max_new_tokens=config.max_new_tokens,
-            generation_batch_size=config.generation_batch_size, max_eval_blocks=config.max_eval_blocks,
-            perplexity_threshold=config.perplexity_threshold, rouge_l_threshold=config.rouge_l_threshold,
-            seed=config.seed,
+            thresholds=config.thresholds(),
+            **given_fields(config, exclude=("perplexity_threshold", "rouge_l_threshold")),
         )
         reported = launcher.run(context, module="exp1_assets.evaluation.evaluate_job",
                                 spec_path=spec.write(run_dir / "spec.json"), run_dir=run_dir, num_processes=1)
@@ -87,20 +91,22 @@ def evaluation_report(
                 metadata={"value": _float(report["checks"][name]["value"]),
                           "threshold": _float(report["checks"][name]["threshold"])},
             )
-            for name in CHECKS
+            for name in CHECK_DESCRIPTIONS
         ],
     )
 
 
 class SampleConfig(Config):
-    prompts: list[dict[str, str]] = Field(default_factory=list, description="Inline {category, prompt} rows")
-    prompts_path: str = Field(default="", description="Or a JSONL file of {category, prompt} rows")
-    temperatures: list[float] = Field(default_factory=lambda: [0.7, 0.85, 1.0])
-    variations: int = 3
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 128
-    seed: int = 0
+    """Overrides of `SampleSpec`; unset fields keep its defaults (the built-in prompt set included)."""
+
+    prompts: Optional[list[dict[str, str]]] = Field(default=None, description="Inline {category, prompt} rows")
+    prompts_path: Optional[str] = Field(default=None, description="Or a JSONL file of {category, prompt} rows")
+    temperatures: Optional[list[float]] = Field(default=None, description="Every prompt at each temperature")
+    variations: Optional[int] = Field(default=None, description="Samples per prompt and temperature")
+    top_p: Optional[float] = Field(default=None, description="Nucleus sampling mass")
+    repetition_penalty: Optional[float] = Field(default=None, description="Penalty on repeated tokens (1 = none)")
+    max_new_tokens: Optional[int] = Field(default=None, description="Longest sample, in tokens")
+    seed: Optional[int] = Field(default=None, description="Base seed (each temperature/variation derives its own)")
 
 
 @asset(
@@ -109,24 +115,20 @@ class SampleConfig(Config):
     deps=[model_checkpoint],
     pool="gpu",
     automation_condition=AutomationCondition.eager(),
-    code_version=code_version("evaluation/sample_job.py", "evaluation/generation.py", "evaluation/prompts.py",
-                              "evaluation/sample_analysis.py", "evaluation/reports.py"),
+    code_version=code_version("exp1_assets.evaluation.sample_job"),
     description="Seeded samples across prompt categories and temperatures, with analysis (JSONL/MD/HTML).",
 )
 def sample_set(
     context: AssetExecutionContext, config: SampleConfig, store: ArtifactStore, launcher: JobLauncher
 ) -> MaterializeResult:
-    from exp1_assets.evaluation.sample_job import SampleSpec
-
     size = context.partition_key
     checkpoint = _require_checkpoint(store, size)
     run_dir = store.run_dir("sample_set", size)
     with store.staging("sample_set", size) as out:
+        given = given_fields(config)
         spec = SampleSpec(
             checkpoint_path=str(checkpoint), output_dir=str(out), run_dir=str(run_dir),
-            prompts=tuple(config.prompts) if config.prompts else None, prompts_path=config.prompts_path,
-            temperatures=tuple(config.temperatures), variations=config.variations, top_p=config.top_p,
-            repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens, seed=config.seed,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},  # frozen specs hold tuples
         )
         reported = launcher.run(context, module="exp1_assets.evaluation.sample_job",
                                 spec_path=spec.write(run_dir / "spec.json"), run_dir=run_dir, num_processes=1)
@@ -139,7 +141,7 @@ def sample_set(
     group_name="reporting",
     deps=[evaluation_report, sample_set, model_checkpoint],
     automation_condition=AutomationCondition.eager(),
-    code_version=code_version("evaluation/comparison.py"),
+    code_version=code_version("exp1_assets.evaluation.comparison"),
     description="All evaluated sizes side by side: table, loss curves, perplexity/ROUGE-L vs parameters.",
 )
 def size_comparison(context: AssetExecutionContext, store: ArtifactStore) -> MaterializeResult:
@@ -163,7 +165,7 @@ def size_comparison(context: AssetExecutionContext, store: ArtifactStore) -> Mat
         "sizes": summary["num_sizes"],
         "missing_sizes": ", ".join(summary["missing_sizes"]) or "none",
         "table": MetadataValue.md(summary["table_markdown"] or "(no sizes evaluated yet)"),
-        **{f"plot_{name}": MetadataValue.md(_png_md(final / Path(path).name, name))
+        **{f"plot_{name}": MetadataValue.md(png_markdown(final / Path(path).name, alt=name))
            for name, path in summary["plot_paths"].items() if (final / Path(path).name).exists()},
         "report": MetadataValue.path(str(final / "comparison.md")),
     })
@@ -181,12 +183,6 @@ def _reported_metadata(reported: list[Any]) -> dict[str, Any]:
     for item in reported:
         metadata.update(item.metadata or {})
     return metadata
-
-
-def _png_md(path: Path, alt: str) -> str:
-    from exp1_assets.data.length_stats import png_markdown
-
-    return png_markdown(path, alt=alt)
 
 
 def _float(x: Any) -> float:

@@ -3,11 +3,9 @@
 - `experiment_job`: the whole graph (one run per size partition).
 - `data_job`: the data half alone (unpartitioned assets).
 - `weekly_experiment`: re-materializes every size, one run per partition, on a cron that
-  `EXP1_SCHEDULE_CRON` can change (default: Mondays 03:00). Off until turned on in the UI or with
+  `EXP1_SCHEDULE_CRON` can change (`exp1_assets.settings`) (default: Mondays 03:00). Off until turned on in the UI or with
   `dagster schedule start weekly_experiment`.
 """
-
-import os
 
 from dagster import (
     AssetSelection,
@@ -21,8 +19,7 @@ from dagster import (
 )
 
 from exp1_assets.defs.partitions import size_partitions
-
-DEFAULT_CRON = "0 3 * * 1"
+from exp1_assets.settings import Settings
 
 experiment_job = define_asset_job(
     name="experiment_job",
@@ -37,12 +34,8 @@ data_job = define_asset_job(
 )
 
 
-def schedule_cron() -> str:
-    return os.environ.get("EXP1_SCHEDULE_CRON", DEFAULT_CRON)
-
-
 @schedule(
-    cron_schedule=schedule_cron(),
+    cron_schedule=Settings.from_environ().schedule_cron,
     job=experiment_job,
     default_status=DefaultScheduleStatus.STOPPED,
     description="Re-materialize every model size: one run per partition.",

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from exp1_assets.evaluation.reports import md_escape, md_table, write_json, write_text
+from exp1_assets.evaluation.reports import write_json, write_text
+from exp1_assets.evaluation.thresholds import Thresholds
+from exp1_assets.markdown import md_escape, md_table
 
-PERPLEXITY_THRESHOLD, ROUGE_L_THRESHOLD = 20.0, 0.3
 COLUMNS = ("size", "parameters", "tokens_trained", "wall_time_s", "tokens_per_s", "final_train_loss",
            "final_val_loss", "perplexity", "rouge_l", "bleu", "ppl_pass", "rouge_l_pass")
 
@@ -31,7 +33,7 @@ def _number(mapping: Mapping[str, Any], *keys: str) -> float:
 
 
 def _row(size: str, report: Mapping[str, Any], training: Mapping[str, Any],
-         history: Sequence[Mapping[str, Any]], *, ppl_max: float, rouge_min: float) -> dict[str, Any]:
+         history: Sequence[Mapping[str, Any]], *, thresholds: Thresholds) -> dict[str, Any]:
     metrics = report.get("metrics", report)
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     train_losses = [h["loss"] for h in history if "loss" in h]
@@ -54,8 +56,9 @@ def _row(size: str, report: Mapping[str, Any], training: Mapping[str, Any],
     if math.isnan(row["tokens_per_s"]) and row["wall_time_s"] > 0:
         row["tokens_per_s"] = row["tokens_trained"] / row["wall_time_s"]
     # NaN compares False: a size without the metric fails the threshold rather than passing it.
-    row["ppl_pass"] = bool(row["perplexity"] < ppl_max)
-    row["rouge_l_pass"] = bool(row["rouge_l"] > rouge_min)
+    checks = thresholds.judge(row)
+    row["ppl_pass"] = checks["perplexity_below_threshold"]["passed"]
+    row["rouge_l_pass"] = checks["rouge_l_above_threshold"]["passed"]
     return row
 
 
@@ -80,7 +83,8 @@ def _plot_loss_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path
     return drawn
 
 
-def _plot_vs_parameters(rows: Sequence[Mapping[str, Any]], *, key: str, threshold: float, path: Path) -> bool:
+def _plot_vs_parameters(rows: Sequence[Mapping[str, Any]], *, key: str, thresholds: Sequence[float],
+                        path: Path) -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,7 +97,8 @@ def _plot_vs_parameters(rows: Sequence[Mapping[str, Any]], *, key: str, threshol
         ax.plot(xs, ys, marker="o")
         for x, y, label in zip(xs, ys, labels):
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4))
-    ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold}")
+    for threshold in sorted(set(thresholds)):  # the bars the sizes were judged by (usually one)
+        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold}")
     ax.set_xscale("log")
     ax.set(xlabel="parameters (log scale)", ylabel=key, title=f"{key} vs model size")
     ax.legend()
@@ -106,26 +111,31 @@ def _plot_vs_parameters(rows: Sequence[Mapping[str, Any]], *, key: str, threshol
 def compare_sizes(
     *, reports: Mapping[str, Mapping[str, Any]], training: Mapping[str, Mapping[str, Any]],
     loss_histories: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | Path, all_sizes: Sequence[str],
-    perplexity_threshold: float = PERPLEXITY_THRESHOLD, rouge_l_threshold: float = ROUGE_L_THRESHOLD,
 ) -> dict[str, Any]:
-    """Write comparison.json, comparison.md and PNG plots; return metadata-ready numbers + Markdown."""
+    """Write comparison.json, comparison.md and PNG plots; return metadata-ready numbers + Markdown.
+
+    Each size is judged by the thresholds its own report recorded (`Thresholds.recorded_in`): the
+    same bars its checks used, whatever the run's config said.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     present = [s for s in all_sizes if s in reports or s in training]
     missing = [s for s in all_sizes if s not in present]
+    judged_by = {s: Thresholds.recorded_in(reports.get(s, {})) for s in present}
     rows = [_row(s, reports.get(s, {}), training.get(s, {}), loss_histories.get(s, []),
-                 ppl_max=perplexity_threshold, rouge_min=rouge_l_threshold) for s in present]
+                 thresholds=judged_by[s]) for s in present]
+    bars = list(judged_by.values()) or [Thresholds()]
 
     plots = {"loss_curves": out / "val_loss_curves.png", "perplexity": out / "perplexity_vs_params.png",
              "rouge_l": out / "rouge_l_vs_params.png"}
     _plot_loss_curves({s: loss_histories.get(s, []) for s in present}, plots["loss_curves"])
-    _plot_vs_parameters(rows, key="perplexity", threshold=perplexity_threshold, path=plots["perplexity"])
-    _plot_vs_parameters(rows, key="rouge_l", threshold=rouge_l_threshold, path=plots["rouge_l"])
+    _plot_vs_parameters(rows, key="perplexity", thresholds=[t.perplexity_below for t in bars], path=plots["perplexity"])
+    _plot_vs_parameters(rows, key="rouge_l", thresholds=[t.rouge_l_above for t in bars], path=plots["rouge_l"])
 
     table = md_table(COLUMNS, [[md_escape(r["size"]) if c == "size" else r[c] for c in COLUMNS] for r in rows])
     summary = {
         "sizes": present, "missing_sizes": missing, "rows": rows,
-        "thresholds": {"perplexity_below": perplexity_threshold, "rouge_l_above": rouge_l_threshold},
+        "thresholds": {s: asdict(t) for s, t in judged_by.items()},
         "plots": {k: p.name for k, p in plots.items()},
     }
     write_json(out / "comparison.json", summary)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from exp1_assets.evaluation.job_common import (
     JsonSpec, load_checkpoint, md_metadata, require_non_negative_int, require_path, require_positive,
     resolve_device,
 )
+from exp1_assets.evaluation.thresholds import Thresholds
 from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors
 
 HEADLINE_KEYS = ("perplexity", "perplexity_all_tokens", "bits_per_byte", "rouge1", "rouge2", "rouge_l", "bleu",
@@ -41,22 +42,24 @@ class EvalSpec(JsonSpec):
     max_new_tokens: int = 128
     generation_batch_size: int = 64  # rows decoding together (bench/RESULTS.md)
     eval_batch_size: int = 8  # packed blocks per perplexity forward
-    max_eval_blocks: int = 0  # 0: every validation block
+    max_eval_blocks: int | None = None  # None: every validation block
     self_bleu_samples: int = 200
     run_probes: bool = True
-    perplexity_threshold: float = 20.0
-    rouge_l_threshold: float = 0.3
+    thresholds: Thresholds = Thresholds()  # the experiment's bars; the report records them
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_path", "validation_path", "test_path", "output_dir", "run_dir"):
             require_path(name, getattr(self, name))
-        for name in ("num_samples", "max_eval_blocks", "seed"):
+        for name in ("num_samples", "seed"):
             require_non_negative_int(name, getattr(self, name))
-        for name in ("max_new_tokens", "generation_batch_size", "eval_batch_size", "self_bleu_samples",
-                     "perplexity_threshold", "rouge_l_threshold"):
+        for name in ("max_new_tokens", "generation_batch_size", "eval_batch_size", "self_bleu_samples"):
             require_positive(name, getattr(self, name))
+        if self.max_eval_blocks is not None:
+            require_positive("max_eval_blocks", self.max_eval_blocks)
+        if not isinstance(self.thresholds, Thresholds):
+            raise ValueError(f"thresholds: must be a Thresholds, got {type(self.thresholds).__name__}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -88,7 +91,7 @@ def perplexity_metrics(model: Any, tokenizer: Any, spec: EvalSpec, *, device: st
     from exp1_assets.evaluation import metrics
 
     blocks = Dataset.from_file(spec.validation_path)
-    if spec.max_eval_blocks:
+    if spec.max_eval_blocks is not None:
         blocks = blocks.select(range(min(spec.max_eval_blocks, len(blocks))))
     sums = metrics.token_nll_sums(model, blocks, batch_size=spec.eval_batch_size, device=device,
                                   pad_token_id=tokenizer.pad_token_id)
@@ -171,15 +174,10 @@ def evaluate(spec: EvalSpec, *, reporter: Reporter) -> dict[str, Any]:
     if spec.run_probes:
         extra["probe_accuracy"] = probe_metrics(model, tokenizer, spec)
         numbers["probe_accuracy"] = extra["probe_accuracy"]["all"]["accuracy"]
-    ppl, rouge_l = numbers["perplexity"], numbers.get("rouge_l", float("nan"))
     report = {
         "checkpoint": spec.checkpoint_path, "metrics": numbers, **extra,
-        "checks": {  # NaN compares False: a missing number fails its check
-            "perplexity_below_threshold": {"passed": bool(ppl < spec.perplexity_threshold), "value": ppl,
-                                           "threshold": spec.perplexity_threshold},
-            "rouge_l_above_threshold": {"passed": bool(rouge_l > spec.rouge_l_threshold), "value": rouge_l,
-                                        "threshold": spec.rouge_l_threshold},
-        },
+        "thresholds": asdict(spec.thresholds),  # the bars this report was judged by
+        "checks": spec.thresholds.judge(numbers),
         "spec": spec.to_dict(),
     }
     write_evaluation_report(spec.output_dir, report=report, predictions=predictions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,9 +35,12 @@ class JsonSpec:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s) in JSON: {', '.join(sorted(unknown))}")
+        hints = typing.get_type_hints(cls)
         for key, value in data.items():  # JSON has no tuples; frozen specs hold tuples
             if isinstance(value, list):
                 data[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            elif isinstance(value, dict) and dataclasses.is_dataclass(hints.get(key)):
+                data[key] = hints[key](**value)  # a nested spec (e.g. EvalSpec.thresholds)
         return cls(**data)
 
     @classmethod

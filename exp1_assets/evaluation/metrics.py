@@ -24,26 +24,20 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-IGNORE_INDEX = -100
+from exp1_assets.data.blocks import BLOCK_COLUMNS, IGNORE_INDEX, block_column, collate_blocks
 
 
 # ---------------------------------------------------------------------------------------------
 # Perplexity over packed blocks
 # ---------------------------------------------------------------------------------------------
-def _column(block: Any, name: str) -> Sequence[int]:
-    try:
-        return block[name]
-    except KeyError:
-        raise ValueError(f"packed block is missing column {name!r}") from None
-
-
 def token_nll_sums(
     model: Any, blocks: Any, *, batch_size: int, device: str, pad_token_id: int
 ) -> dict[str, float | int]:
     """Summed next-token NLL (nats) and token counts over packed blocks.
 
-    `blocks` is anything indexable with rows of `input_ids`, `labels`, `position_ids` (a
-    `datasets.Dataset` or a list of dicts). Two populations of target tokens:
+    `blocks` is anything indexable whose rows follow the packed-block contract (data/blocks.py:
+    `input_ids`, `labels`, `position_ids`): a `datasets.Dataset` or a list of dicts. Two
+    populations of target tokens:
     - assistant: `labels != -100` (the trained span, what the training loss saw);
     - all: every non-pad token (the research scripts' definition).
     A token whose position id is 0 starts a conversation: predicting it from the previous
@@ -61,9 +55,8 @@ def token_nll_sums(
     with torch.inference_mode():
         for start in range(0, len(blocks), batch_size):
             rows = [blocks[i] for i in range(start, min(start + batch_size, len(blocks)))]
-            input_ids = torch.tensor([_column(r, "input_ids") for r in rows], dtype=torch.long, device=device)
-            labels = torch.tensor([_column(r, "labels") for r in rows], dtype=torch.long, device=device)
-            positions = torch.tensor([_column(r, "position_ids") for r in rows], dtype=torch.long, device=device)
+            batch = collate_blocks(rows)
+            input_ids, labels, positions = (batch[name].to(device) for name in BLOCK_COLUMNS)
             # attention_mask=None + restarting position_ids: transformers builds the block-diagonal
             # mask, but only without a KV cache (use_cache=True silently lets documents attend to
             # each other: measured logit differences of ~7 on a tiny GPT-2, transformers 5.24).
@@ -94,7 +87,7 @@ def assistant_target_bytes(blocks: Any, tokenizer: Any) -> int:
     """
     total = 0
     for i in range(len(blocks)):
-        ids, labels, pos = (_column(blocks[i], c) for c in ("input_ids", "labels", "position_ids"))
+        ids, labels, pos = (block_column(blocks[i], name) for name in BLOCK_COLUMNS)
         run: list[int] = []
         for t in range(1, len(ids)):  # position 0 is never a target (nothing predicts it)
             if labels[t] != IGNORE_INDEX and pos[t] != 0:

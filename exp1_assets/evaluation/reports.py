@@ -2,12 +2,8 @@
 
 Model output is untrusted text: it can contain `<script>`, Markdown pipes or `{`/`}`. So HTML is
 assembled by concatenation with `html.escape` (never `str.format` on a template: the research
-script crashed on its own CSS braces), and Markdown cells go through `md_escape`.
-
->>> md_escape("a|b <i>*x*</i>\\nnext")
-'a\\\\|b &lt;i&gt;\\\\*x\\\\*&lt;/i&gt; ⏎ next'
->>> md_table(["a", "b"], [[1, 0.5]])
-'| a | b |\\n| --- | --- |\\n| 1 | 0.5000 |'
+script crashed on its own CSS braces), and Markdown cells go through `md_escape`
+(exp1_assets/markdown.py, shared with the Dagster metadata).
 """
 
 from __future__ import annotations
@@ -20,40 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-_MD_SPECIAL = "\\`*_[]#|"
+from exp1_assets.markdown import format_cell, md_escape, md_table
 
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-def md_escape(text: str, *, limit: int | None = None) -> str:
-    """One-line, Markdown-inert text for a table cell or preview."""
-    if limit is not None and len(text) > limit:
-        text = text[:limit] + "…"
-    text = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("\r\n", "\n").replace("\n", " ⏎ ")
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
-        if value.is_integer() and abs(value) >= 1000:
-            return f"{int(value):,}"  # counts (parameters, tokens) read better whole
-        return f"{value:.4f}"
-    return str(value)
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table; cells are formatted, not escaped (escape text cells before)."""
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def json_safe(value: Any) -> Any:
     """NaN/inf become null: they are not JSON and break strict readers."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -182,7 +150,7 @@ def samples_html(samples: Sequence[Mapping[str, Any]], analysis: Sequence[Mappin
     """A standalone page. Every dynamic string passes html.escape; the CSS is never formatted."""
     esc = html.escape
     head_cells = "".join("<th>" + esc(c) + "</th>" for c in ANALYSIS_COLUMNS)
-    body_rows = "".join("<tr>" + "".join("<td>" + esc(_cell(r[c])) + "</td>" for c in ANALYSIS_COLUMNS) + "</tr>"
+    body_rows = "".join("<tr>" + "".join("<td>" + esc(format_cell(r[c])) + "</td>" for c in ANALYSIS_COLUMNS) + "</tr>"
                         for r in analysis)
     cards = []
     for s in samples:

@@ -26,7 +26,7 @@ class SampleSpec(JsonSpec):
     output_dir: str
     run_dir: str
     prompts: tuple[dict, ...] | None = None  # inline {"category", "prompt"} rows
-    prompts_path: str = ""  # or a JSONL file of them; neither: the default set
+    prompts_path: str | None = None  # or a JSONL file of them; neither: the default set
     temperatures: tuple[float, ...] = (0.7, 0.85, 1.0)
     variations: int = 3
     top_p: float = 0.9
@@ -39,7 +39,7 @@ class SampleSpec(JsonSpec):
     def __post_init__(self) -> None:
         for name in ("checkpoint_path", "output_dir", "run_dir"):
             require_path(name, getattr(self, name))
-        if self.prompts is not None and self.prompts_path:
+        if self.prompts is not None and self.prompts_path is not None:
             raise ValueError("prompts: give inline prompts or prompts_path, not both")
         if self.prompts is not None and (not isinstance(self.prompts, tuple) or not self.prompts):
             raise ValueError(f"prompts: must be a non-empty tuple of {{category, prompt}} rows, got {self.prompts!r}")
@@ -81,7 +81,7 @@ def sample(spec: SampleSpec, *, reporter: Reporter) -> list[dict[str, Any]]:
     from exp1_assets.evaluation.sample_analysis import analyze
 
     prompts = load_prompts(inline=list(spec.prompts) if spec.prompts is not None else None,
-                           path=spec.prompts_path or None)
+                           path=spec.prompts_path)
     device = resolve_device(spec.device)
     model, tokenizer = load_checkpoint(spec.checkpoint_path, device=device)
     reporter.log(f"sampling {len(prompts)} prompts x {len(spec.temperatures)} temperatures x "

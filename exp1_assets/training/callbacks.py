@@ -1,4 +1,7 @@
-"""Trainer callbacks: progress to the reporter, and test-only fault injection.
+"""Trainer callbacks: progress to the reporter, checkpoint manifests, the initial validation loss.
+
+Test-only fault injection lives apart, in `training/faults.py`, installed only when the spec's
+`debug` section asks for a fault.
 
 Progress lines go through `runtime.Reporter` (Dagster Pipes on rank 0 when launched by Dagster,
 stderr otherwise); every rank runs the callback but only rank 0's reporter is live.
@@ -7,21 +10,13 @@ stderr otherwise); every rank runs the callback but only rank 0's reporter is li
 from __future__ import annotations
 
 import json
-
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from exp1_assets.runtime import Reporter, global_rank
-
-FAULT_RANK_ENV = "EXP1_FAULT_RANK"
-KILL_DURING_SAVE_ENV = "EXP1_KILL_DURING_SAVE"
-HANG_RANK_ENV = "EXP1_HANG_RANK"
-
+from exp1_assets.runtime import Reporter
 
 def format_duration(seconds: float) -> str:
     """
@@ -88,37 +83,6 @@ class ManifestCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
             write_manifest(folder)
-
-
-class FaultInjectionCallback(TrainerCallback):
-    """Test-only faults when training begins: raise on the rank named by $EXP1_FAULT_RANK
-    (error reporting), sleep forever on the rank named by $EXP1_HANG_RANK (stall detection)."""
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
-                       control: TrainerControl, **kwargs: Any) -> None:
-        target = os.environ.get(FAULT_RANK_ENV, "")
-        if target and int(target) == global_rank():
-            raise RuntimeError(f"injected fault on rank {global_rank()} ({FAULT_RANK_ENV}={target})")
-        hang = os.environ.get(HANG_RANK_ENV, "")
-        if hang and int(hang) == global_rank():
-            while True:  # the other ranks block in their first collective: the whole job stalls
-                time.sleep(3600)
-
-    def on_save(self, args: TrainingArguments, state: TrainerState,
-                control: TrainerControl, **kwargs: Any) -> None:
-        """$EXP1_KILL_DURING_SAVE=<step>: die mid-write of that checkpoint (its weights cut short)."""
-        step = os.environ.get(KILL_DURING_SAVE_ENV, "")
-        if not step or int(step) != state.global_step or not state.is_world_process_zero:
-            return
-        marker = Path(args.output_dir) / "killed-during-save"
-        if marker.exists():  # once per run dir: the retry must be allowed to finish
-            return
-        marker.write_text(step)
-        weights = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "model.safetensors"
-        if weights.exists():
-            with open(weights, "r+b") as f:
-                f.truncate(weights.stat().st_size // 2)
-        os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job, as a lost node would
 
 
 class InitialLossCallback(TrainerCallback):

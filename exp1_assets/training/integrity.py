@@ -15,21 +15,14 @@ use safetensors only and never unpickle them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from pathlib import Path
 
+from exp1_assets.hashing import file_sha256
+
 MANIFEST_NAME = "checkpoint_manifest.json"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit: a larger header means a corrupt file
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: str | Path) -> Path:

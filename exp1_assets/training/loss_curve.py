@@ -1,12 +1,11 @@
-"""The training loss curve: Trainer's `log_history` -> a PNG, and the PNG as inline Markdown.
+"""The training loss curve: Trainer's `log_history` -> a PNG next to the checkpoint.
 
-The PNG lives next to the checkpoint; the Markdown form (base64 data URI) travels in the Dagster
+Its Markdown form (`exp1_assets.markdown.png_markdown`, a base64 data URI) travels in the Dagster
 materialization metadata so the UI shows the curve without reading the artifact store.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,3 @@ def plot_loss_curve(log_history: Sequence[dict[str, Any]], *, path: str | Path, 
     plt.close(fig)
     return path
 
-
-def markdown_image(path: str | Path, *, alt: str = "loss curve") -> str:
-    """The PNG at `path` as a Markdown image with an inline base64 data URI."""
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"![{alt}](data:image/png;base64,{encoded})"

@@ -15,14 +15,15 @@ one row do not attend to each other (DESIGN.md, "Known traps").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:  # keep `import exp1_assets.training.model` cheap for type checkers only
     from transformers import PretrainedConfig, PreTrainedModel
 
     from exp1_assets.sizes import ModelSize
 
-ARCHITECTURES = ("gpt2", "llama")
+Architecture = Literal["gpt2", "llama"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
 def build_config(
@@ -98,7 +99,7 @@ def build_model(
 ) -> "PreTrainedModel":
     """A freshly initialized causal LM (fp32) on the current default device.
 
-    Under `with torch.device("meta"):` this allocates nothing (used by `sizes.param_count`).
+    Under `with torch.device("meta"):` this allocates nothing (used by `training.memory.param_count`).
     """
     import torch
     from transformers import AutoModelForCausalLM

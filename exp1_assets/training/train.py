@@ -9,7 +9,6 @@ Every rank records its own traceback in `<run_dir>/errors/rank<N>.txt` (runtime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,42 +19,13 @@ from typing import Any
 
 import torch
 
+from exp1_assets.data.blocks import collate_blocks, load_blocks
+from exp1_assets.hashing import directory_digest, params_digest
 from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors, world_size
 from exp1_assets.sizes import get_size
 from exp1_assets.training.spec import TrainSpec
 
-BLOCK_COLUMNS = ("input_ids", "labels", "position_ids")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-# ---- data ------------------------------------------------------------------------------------
-
-def load_blocks(path: str, *, max_length: int, vocab_size: int):
-    """Packed blocks (docs/artifacts.md) memory-mapped; fails loudly on a contract mismatch."""
-    from datasets import Dataset
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"packed blocks not found: {path}")
-    blocks = Dataset.from_file(path)
-    missing = [c for c in BLOCK_COLUMNS if c not in blocks.column_names]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; has {blocks.column_names}")
-    if len(blocks) == 0:
-        raise ValueError(f"{path}: no blocks")
-    first = blocks[0]
-    for column in BLOCK_COLUMNS:
-        if len(first[column]) != max_length:
-            raise ValueError(f"{path}: column {column} has length {len(first[column])}, "
-                             f"spec max_length is {max_length}")
-    if max(first["input_ids"]) >= vocab_size:
-        raise ValueError(f"{path}: token id {max(first['input_ids'])} >= tokenizer size {vocab_size}")
-    return blocks.select_columns(list(BLOCK_COLUMNS))
-
-
-def collate_blocks(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-    """Stack equal-length blocks. No attention_mask on purpose: position_ids restart at each
-    document, and with attention_mask=None transformers builds the block-diagonal mask."""
-    return {c: torch.tensor([row[c] for row in rows], dtype=torch.long) for c in BLOCK_COLUMNS}
 
 
 # ---- run setup --------------------------------------------------------------------------------
@@ -126,7 +96,7 @@ def training_arguments(spec: TrainSpec, *, precision: str, eval_on_start: bool =
         # The initial model's validation loss, measured inside train(): a `trainer.evaluate()`
         # before `train()` leaves the model unwrapped, and the ranks then train without DDP.
         eval_on_start=eval_on_start,
-        max_steps=spec.max_steps if spec.max_steps > 0 else -1,
+        max_steps=spec.max_steps if spec.max_steps is not None else -1,  # -1: Trainer's "use epochs"
         num_train_epochs=spec.num_epochs,
         per_device_train_batch_size=spec.per_device_batch,
         per_device_eval_batch_size=spec.per_device_batch,
@@ -134,7 +104,7 @@ def training_arguments(spec: TrainSpec, *, precision: str, eval_on_start: bool =
         learning_rate=spec.learning_rate,
         lr_scheduler_type="cosine",
         # transformers 5: warmup_steps < 1 is a ratio of the total steps.
-        warmup_steps=spec.warmup_steps if spec.warmup_steps > 0 else spec.warmup_ratio,
+        warmup_steps=spec.warmup_steps if spec.warmup_steps is not None else spec.warmup_ratio,
         weight_decay=spec.weight_decay,
         adam_beta1=spec.adam_beta1,
         adam_beta2=spec.adam_beta2,
@@ -167,30 +137,11 @@ def training_arguments(spec: TrainSpec, *, precision: str, eval_on_start: bool =
 
 # ---- results ----------------------------------------------------------------------------------
 
-def params_digest(model: torch.nn.Module) -> str:
-    """SHA-256 over all parameters in name order (compares weights across ranks)."""
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters()):
-        digest.update(name.encode())
-        digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def weights_version(output_dir: Path) -> str:
-    """Data version of the checkpoint: a hash of the saved safetensors file(s)."""
-    digest = hashlib.sha256()
-    for path in sorted(output_dir.glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], reporter: Reporter) -> None:
     """Rank 0: the self-describing checkpoint + its report (docs/artifacts.md)."""
+    from exp1_assets.markdown import png_markdown
     from exp1_assets.training.integrity import write_manifest
-    from exp1_assets.training.loss_curve import markdown_image, plot_loss_curve
+    from exp1_assets.training.loss_curve import plot_loss_curve
 
     output_dir = Path(spec.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -201,23 +152,26 @@ def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], r
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(output_dir)  # safetensors + config.json + generation_config.json
     tokenizer.save_pretrained(output_dir)  # includes the chat template
-    spec.write(output_dir / "train_spec.json")
+    spec.as_published().write(output_dir / "train_spec.json")  # final paths, not the staging dir
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     (output_dir / "train_result.json").write_text(json.dumps(result, indent=2))
     curve = plot_loss_curve(trainer.state.log_history, path=output_dir / "loss_curve.png",
                             title=f"{spec.size} ({spec.architecture})")
     metadata: dict[str, Any] = {k: v for k, v in result.items() if v is not None}
-    metadata["loss_curve"] = {"type": "md", "raw_value": markdown_image(curve)}
+    metadata["loss_curve"] = {"type": "md", "raw_value": png_markdown(curve, alt="loss curve")}
     write_manifest(output_dir)  # last: evaluation verifies the weights against it before loading
-    reporter.report_materialization(metadata=metadata, data_version=weights_version(output_dir))
+    # The checkpoint's data version hashes its weights only, as it always has (persisted in Dagster).
+    reporter.report_materialization(metadata=metadata,
+                                    data_version=directory_digest(output_dir, pattern="*.safetensors"))
 
 
 def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
     from transformers import AutoTokenizer, PrinterCallback, Trainer
 
     from exp1_assets.training.callbacks import (
-        FaultInjectionCallback, InitialLossCallback, ManifestCallback, ProgressCallback,
+        InitialLossCallback, ManifestCallback, ProgressCallback,
     )
+    from exp1_assets.training.faults import FaultInjectionCallback
     from exp1_assets.training.model import build_model
 
     started = time.perf_counter()
@@ -246,7 +200,8 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
         model=model, args=training_arguments(spec, precision=precision, eval_on_start=not cached_before),
         train_dataset=train_blocks, eval_dataset=validation_blocks, data_collator=collate_blocks,
         processing_class=tokenizer,  # lets Trainer count non-pad tokens seen
-        callbacks=[progress, ManifestCallback(), FaultInjectionCallback(), InitialLossCallback(before_file)],
+        callbacks=[progress, ManifestCallback(), InitialLossCallback(before_file)]
+        + ([FaultInjectionCallback(spec.debug)] if spec.debug.injects_faults else []),
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; ProgressCallback reports
     reporter.log(f"training {spec.size}/{spec.architecture}: {param_count:,} params, {len(train_blocks)} "
@@ -266,7 +221,7 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
     else:
         val_loss_after = trainer.evaluate()["eval_loss"]
 
-    if spec.debug_rank_hashes:
+    if spec.debug.rank_hashes:
         # Every rank's final weights, to compare across ranks (tests). Not bitwise: gloo's
         # all-reduce may round differently per rank on CPU (seen: ~3e-8 relative after 3 steps).
         debug_dir = Path(spec.run_dir) / "debug"

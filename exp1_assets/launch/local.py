@@ -1,6 +1,7 @@
-"""Running job processes: the `accelerate launch` arguments and a local process-group handle.
+"""The local backend: a job in its own process group, so cancelling it kills every rank.
 
-Kept free of Dagster types so the Slurm backend can share the same handle interface.
+`kill_group` also finds group members that outlived the leader (through /proc): a rank that
+ignores SIGTERM while the launcher process already exited must not survive the run.
 """
 
 from __future__ import annotations
@@ -8,70 +9,11 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
-
-
-class JobHandle(Protocol):
-    def poll(self) -> int | None: ...
-    def cancel(self) -> None: ...
-    def describe(self) -> str: ...
-    def log_tail(self) -> str: ...
-    def last_output_time(self) -> float: ...
-
-
-def accelerate_args(
-    *,
-    num_processes: int,
-    num_machines: int,
-    machine_rank: str,
-    main_process_ip: str,
-    main_process_port: str,
-    mixed_precision: str = "no",
-    config_file: str = "",
-    cpu_threads_per_process: int | str | None = None,
-) -> list[str]:
-    """`accelerate launch` flags for `num_machines` x (num_processes / num_machines) ranks.
-
-    On a CPU-only machine two ranks need `--multi_gpu` (falls back to gloo); `--cpu
-    --num_processes 2` silently starts a single process. Without `--num_cpu_threads_per_process`
-    accelerate sets OMP_NUM_THREADS=1 for every rank: one rank on a 2-core machine then trained
-    on one core (found in the end-to-end benchmark), so the caller passes the cores per rank.
-    """
-    args = ["--config_file", config_file] if config_file else []
-    if cpu_threads_per_process is not None:
-        args += ["--num_cpu_threads_per_process", str(cpu_threads_per_process)]
-    args += [
-        "--num_processes", str(num_processes),
-        "--num_machines", str(num_machines),
-        "--machine_rank", machine_rank,
-        "--main_process_ip", main_process_ip,
-        "--main_process_port", main_process_port,
-        "--mixed_precision", mixed_precision,
-        "--dynamo_backend", "no",
-    ]
-    if num_processes > 1:
-        args.append("--multi_gpu")
-    if num_machines > 1:
-        args += ["--rdzv_backend", "static", "--same_network"]
-    return args
-
-
-def cpu_threads_per_process(num_processes: int) -> int:
-    """This machine's usable cores (affinity/cgroup aware) shared among its ranks, at least 1."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, num_processes))
-
-
-def free_port() -> int:
-    """A TCP port free right now, so two jobs on one machine don't collide on 29500."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalJob:
@@ -137,6 +79,7 @@ class LocalJob:
 
 
 def kill_group(pgid: int, *, grace_s: float) -> None:
+    """SIGTERM process group `pgid`, then SIGKILL it if anything is left after `grace_s`."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:

@@ -1,8 +1,8 @@
 """The Slurm backend: an sbatch script that starts one `accelerate launch` per node, and its handle.
 
-The launcher (`launcher.py`) writes the script that `render_sbatch` returns, submits it with
-`sbatch --parsable` where the Slurm client commands work (no SSH layer), and follows the job
-through `SlurmJob`, which implements the same `JobHandle` protocol as a local process group.
+The launcher writes the script that `render_sbatch` returns, submits it with `sbatch --parsable`
+where the Slurm client commands work (no SSH layer), and follows the job through `SlurmJob`, which
+implements the same `JobHandle` protocol (`follow.py`) as a local process group.
 
 Nothing secret is ever written to the script: the Dagster Pipes context, `extra_env` and the
 caller's environment reach the job through sbatch's `--export=ALL`.
@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from exp1_assets.defs.jobs import accelerate_args
+from exp1_assets.launch.accelerate import MIXED_PRECISIONS, MixedPrecision, accelerate_args
+from exp1_assets.launch.errors import BackendUnavailable, SchedulerUnreachable, SubmitFailed
 
 # Job states in which the job (or its cleanup) is still going on; anything else is final.
 ACTIVE_STATES = frozenset({
@@ -35,31 +36,50 @@ class SbatchRequest:
     """Everything the sbatch script says: resources, setup and the per-node launch command."""
 
     job_name: str
+    """sbatch --job-name."""
     module: str
+    """The job module each rank runs (`python -m module spec_path`)."""
     spec_path: str
-    log_path: str  # may contain %j (the job id)
+    """The job's spec file on the shared filesystem."""
+    log_path: str
+    """The job's log on the shared filesystem; may contain %j (the job id)."""
     python: str = "python"
+    """The interpreter on the nodes."""
     nodes: int = 1
+    """Nodes per job; one `accelerate launch` per node."""
     processes_per_node: int = 1
+    """Ranks per node (GPUs per node on a GPU cluster)."""
     gpus_per_node: int = 0
-    cpus_per_task: int = 0
-    partition: str = ""
-    account: str = ""
-    time_limit: str = ""
+    """GPUs requested per node; 0 = a CPU job."""
+    cpus_per_task: int | None = None
+    """CPUs for each node's launcher task; None = the partition's default."""
+    partition: str | None = None
+    """sbatch --partition; None = the cluster's default."""
+    account: str | None = None
+    """sbatch --account; None = the user's default."""
+    time_limit: str | None = None
+    """sbatch --time (90, 12:00:00, 2-00:00:00); None = the partition's limit."""
     extra_sbatch_lines: tuple[str, ...] = ()
-    setup_script: str = ""
-    mixed_precision: str = "no"
-    accelerate_config_file: str = ""
+    """More '--option' or '#SBATCH --option' lines, one option each."""
+    setup_script: str | None = None
+    """Shell lines run on the batch host before the launch (module load, venv activation)."""
+    mixed_precision: MixedPrecision = "no"
+    """accelerate's --mixed_precision."""
+    accelerate_config_file: str | None = None
+    """An accelerate config file passed to every node's launch."""
 
     def __post_init__(self) -> None:
         for name in ("job_name", "module", "spec_path", "log_path", "python"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name}: must not be empty")
         for name, minimum in (("nodes", 1), ("processes_per_node", 1), ("gpus_per_node", 0),
-                              ("cpus_per_task", 0)):
-            if getattr(self, name) < minimum:
-                raise ValueError(f"{name}: {getattr(self, name)} is below {minimum}")
-        if self.time_limit and not _TIME_LIMIT.match(self.time_limit):
+                              ("cpus_per_task", 1)):
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"{name}: {value} is below {minimum}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not one of {MIXED_PRECISIONS}")
+        if self.time_limit is not None and not _TIME_LIMIT.match(self.time_limit):
             raise ValueError(f"time_limit: {self.time_limit!r} is not a Slurm time (e.g. 90, 12:00:00, 2-00:00:00)")
         for line in self.extra_sbatch_lines:
             if "\n" in line or not line.strip().startswith(("#SBATCH", "--")):
@@ -96,7 +116,7 @@ def render_sbatch(request: SbatchRequest) -> str:
     lines += [x.strip() if x.strip().startswith("#SBATCH") else f"#SBATCH {x.strip()}" for x in r.extra_sbatch_lines]
     lines += ["# Written by exp1_assets (JobLauncher backend=slurm); the environment comes from sbatch.",
               "set -eo pipefail  # no -u: module/venv activation scripts often read unset variables", ""]
-    if r.setup_script.strip():
+    if r.setup_script is not None and r.setup_script.strip():
         lines += ["# setup_script", *r.setup_script.strip().splitlines(), ""]
     lines += [
         "# Rendezvous on the first node: its name if it resolves here, else its NodeAddr.",
@@ -166,10 +186,10 @@ class SlurmJob:
         """`sbatch --parsable script`; the environment `env` is exported into the job."""
         out = _slurm(["sbatch", "--parsable", str(script_path)], env=env)
         if out.returncode != 0:
-            raise RuntimeError(f"sbatch {script_path} failed (exit {out.returncode}): {out.stderr.strip()}")
+            raise SubmitFailed(f"sbatch {script_path} failed (exit {out.returncode}): {out.stderr.strip()}")
         job_id = out.stdout.strip().split(";")[0]  # "<id>" or "<id>;<cluster>"
         if not job_id.isdigit():
-            raise RuntimeError(f"sbatch {script_path} printed no job id: {out.stdout!r}")
+            raise SubmitFailed(f"sbatch {script_path} printed no job id: {out.stdout!r}")
         return cls(job_id, Path(log_path_template.replace("%j", job_id)))
 
     def poll(self) -> int | None:
@@ -197,7 +217,7 @@ class SlurmJob:
         """slurmctld busy or restarting: keep polling, but not forever."""
         self._query_failures += 1
         if self._query_failures > 100:
-            raise RuntimeError(f"cannot query Slurm job {self.job_id}: {error.strip()}")
+            raise SchedulerUnreachable(f"cannot query Slurm job {self.job_id}: {error.strip()}")
         return None
 
     def cancel(self, *, timeout_s: float = 120.0) -> None:
@@ -271,4 +291,4 @@ def _slurm(cmd: list[str], *, env: dict[str, str] | None = None) -> subprocess.C
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(cmd, returncode=124, stdout="", stderr=f"{cmd[0]} timed out")
     except FileNotFoundError:
-        raise RuntimeError(f"{cmd[0]} not found: the slurm backend needs the Slurm client commands") from None
+        raise BackendUnavailable(f"{cmd[0]} not found: the slurm backend needs the Slurm client commands") from None

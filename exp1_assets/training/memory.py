@@ -1,0 +1,82 @@
+"""What a model size costs: its exact parameter count and a per-device training memory estimate.
+
+Kept apart from the size registry (`exp1_assets.sizes`, pure data) because counting parameters
+builds the model (on torch's `meta` device: no memory), and the model code imports the registry.
+torch and transformers are imported inside the functions (as in training/model.py): the Dagster
+code server imports this module when it reports a checkpoint's memory estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from exp1_assets.sizes import DEFAULT_ARCHITECTURE, GPT2_VOCAB_SIZE, ModelSize
+from exp1_assets.training.model import build_model
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISION_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def param_count(size: ModelSize, *, vocab_size: int = GPT2_VOCAB_SIZE,
+                architecture: str = DEFAULT_ARCHITECTURE) -> int:
+    """Exact number of trainable parameters (tied weights counted once), without allocating.
+
+    The model is built on torch's `meta` device, so even 1.5B costs no memory.
+    """
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(size, architecture=architecture, vocab_size=vocab_size,
+                            pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    return sum(p.numel() for p in model.parameters())  # parameters() yields tied tensors once
+
+
+def memory_estimate(
+    size: ModelSize,
+    *,
+    vocab_size: int = GPT2_VOCAB_SIZE,
+    architecture: str = DEFAULT_ARCHITECTURE,
+    batch: int | None = None,
+    seq_len: int | None = None,
+    precision: Precision = "bf16",
+) -> dict[str, Any]:
+    """Rough per-device training memory for AdamW under HF Trainer mixed precision.
+
+    Trainer keeps fp32 master weights and fp32 grads even with bf16/fp16 (autocast), plus two fp32
+    AdamW moments: 16 bytes per parameter. Activations follow Korthikanti et al. (2022) for a fused
+    attention kernel (no s x s score matrix stored): ~34*b*s*h activation bytes per layer at 16 bit,
+    plus the fp32 logits and their gradient (2 * b*s*V*4). With gradient checkpointing only each
+    layer's input (b*s*h) is kept, plus one layer's full activations during recompute.
+    Order-of-magnitude guidance, not a promise (allocator overhead, CUDA context not included).
+    """
+    if precision not in PRECISION_BYTES:
+        raise ValueError(f"precision: {precision!r} is not one of {tuple(PRECISION_BYTES)}")
+    batch = size.per_device_batch if batch is None else batch
+    seq_len = size.max_length if seq_len is None else seq_len
+    params = param_count(size, vocab_size=vocab_size, architecture=architecture)
+    act_scale = PRECISION_BYTES[precision] / 2  # the 34 bytes/elem formula assumes 16-bit
+
+    tokens = batch * seq_len
+    per_layer = 34 * tokens * size.hidden * act_scale
+    logits = 2 * tokens * vocab_size * 4
+    activations_full = size.layers * per_layer + logits
+    activations_ckpt = size.layers * tokens * size.hidden * PRECISION_BYTES[precision] + per_layer + logits
+    parts = {
+        "weights": params * 4,
+        "grads": params * 4,
+        "adamw_states": params * 8,
+    }
+    static = sum(parts.values())
+    activations = activations_ckpt if size.gradient_checkpointing else activations_full
+    result: dict[str, Any] = {
+        "params": params, "batch": batch, "seq_len": seq_len, "precision": precision,
+        "gradient_checkpointing": size.gradient_checkpointing,
+        **{f"{k}_bytes": int(v) for k, v in parts.items()},
+        "activations_bytes": int(activations),
+        "activations_without_checkpointing_bytes": int(activations_full),
+        "activations_with_checkpointing_bytes": int(activations_ckpt),
+        "total_bytes": int(static + activations),
+    }
+    for key in [k for k in result if k.endswith("_bytes")]:
+        result[key.replace("_bytes", "_gib")] = round(result[key] / 2**30, 3)
+    return result
