@@ -46,7 +46,7 @@ dev: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT)
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not slurm and not browser"

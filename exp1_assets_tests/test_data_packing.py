@@ -311,7 +311,8 @@ def test_load_blocks_refuses_what_the_validator_refuses(tmp_path):
     arrays = load_block_arrays(good)
     assert {name: (a.dtype, a.tolist()) for name, a in arrays.items()} == {
         name: (np.dtype(np.int32), rows) for name, rows in GOOD_ROWS.items()}
-    with pytest.raises(ValueError, match=r"do not match the contract: .*row 0 of input_ids has 4 tokens, max_length is 8"):
+    with pytest.raises(ValueError,
+                       match=r"do not match the contract: .*row 0 of input_ids has 4 tokens, max_length is 8"):
         load_blocks(good, max_length=8, vocab_size=10)
     with pytest.raises(ValueError, match="token id 9 is outside the vocabulary"):
         load_blocks(good, max_length=4, vocab_size=9)
@@ -327,5 +328,6 @@ def test_collate_blocks_stacks_int64_without_attention_mask():
     assert list(batch) == list(BLOCK_COLUMNS)  # no attention_mask: position_ids make the block-diagonal mask
     assert all(t.dtype == torch.long and t.shape == (2, 4) for t in batch.values())
     assert batch["labels"].tolist() == GOOD_ROWS["labels"]
-    with pytest.raises(ValueError, match=r"packed block is missing column 'position_ids' \(has \['input_ids', 'labels'\]\)"):
+    with pytest.raises(ValueError,
+                       match=r"packed block is missing column 'position_ids' \(has \['input_ids', 'labels'\]\)"):
         collate_blocks([{"input_ids": [1], "labels": [1]}])

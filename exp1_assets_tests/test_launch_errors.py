@@ -141,20 +141,18 @@ def test_the_converted_failure_keeps_description_metadata_and_retry_decision(tmp
     assert launch_failure(JobStalled("stalled", idle_s=9.0, log_tail="")).allow_retries is True
 
 
-@pytest.mark.parametrize("error", [SubmitFailed("sbatch: error: invalid partition"), BackendUnavailable("no k8s")])
+@pytest.mark.parametrize("error", [SubmitFailed("sbatch: error: invalid partition"), BackendUnavailable("sbatch not found")])
 def test_submit_and_backend_errors_are_never_retried(error: LaunchError) -> None:
     assert error.retryable is False
     failure = launch_failure(error)
     assert failure.allow_retries is False and failure.description == str(error) and failure.metadata == {}
 
 
-def test_an_unknown_backend_fails_the_asset_without_retry(tmp_path: Path) -> None:
-    with pytest.raises(Failure) as caught:
-        JobLauncher(backend="kubernetes").run(build_asset_context(), module="m", spec_path=tmp_path / "s.json",
-                                              run_dir=tmp_path)
-    assert caught.value.description == "JobLauncher.backend='kubernetes' is not available"
-    assert caught.value.allow_retries is False
-    assert isinstance(caught.value.__cause__, BackendUnavailable)
+def test_an_unknown_backend_is_refused_by_the_config_before_anything_runs(tmp_path: Path) -> None:
+    """A closed choice: the run config is rejected (Dagster validates it before the run starts)."""
+    with pytest.raises(ValueError, match="backend"):
+        JobLauncher(backend="kubernetes")
+    assert not any(tmp_path.iterdir())
 
 
 def test_an_sbatch_rejection_is_a_submit_failure(tmp_path: Path) -> None:

@@ -147,5 +147,5 @@ def test_pruning_keeps_the_current_and_the_most_recently_used_run_dirs(tmp_path:
     pruned = store.prune_run_dirs("model_checkpoint", "tiny", current=dirs[0])
     assert sorted(p.name for p in pruned) == ["b", "c"]
     assert sorted(p.name for p in (tmp_path / "runs" / "model_checkpoint" / "tiny").iterdir()) == ["a", "d"]
-    assert ArtifactStore(root=str(tmp_path), keep_run_dirs=0).prune_run_dirs(
-        "model_checkpoint", "tiny", current=dirs[0]) == []
+    assert ArtifactStore(root=str(tmp_path), keep_run_dirs=None).prune_run_dirs(
+        "model_checkpoint", "tiny", current=dirs[0]) == []  # unset: keep them all

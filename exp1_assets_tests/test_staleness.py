@@ -1,6 +1,6 @@
 """Staleness: code and data versions make Dagster flag exactly the assets whose inputs changed.
 
-Every asset declares a `code_version` (a hash of the library files it runs, `defs/versions.py`)
+Every asset declares a `code_version` (a hash of the library files it runs, `code_versions.py`)
 and returns a `DataVersion` (a hash of what it wrote). Dagster compares both with the provenance
 each materialization recorded, so a downstream asset turns STALE when its upstream data or its
 own code changed, and stays FRESH when a re-run produced the same bytes. These tests ask Dagster's

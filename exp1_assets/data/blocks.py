@@ -12,8 +12,8 @@ each `list<int32>`, and every row of every column exactly `max_length` long:
 Everything that writes, checks or reads blocks goes through this module: `record_batch` and
 `arrow_schema` (writing), `blocks_problem` (the one validator: the Dagster check, and every reader
 before use), `load_blocks` (memory-mapped `datasets.Dataset`), `load_block_arrays` (numpy, for
-benchmarks), `collate_blocks` (a batch of rows -> tensors). pyarrow, datasets and torch are imported inside the functions: the Dagster code server
-imports this module's callers.
+benchmarks), `collate_blocks` (a batch of rows -> tensors). pyarrow, datasets and torch are
+imported inside the functions: the Dagster code server imports this module's callers.
 """
 
 from __future__ import annotations
@@ -168,6 +168,21 @@ def load_blocks(path: str | Path, *, max_length: int, vocab_size: int) -> Datase
     if problem is not None:
         raise ValueError(f"packed blocks do not match the contract: {problem}")
     return Dataset.from_file(str(path)).select_columns(list(BLOCK_COLUMNS))
+
+
+def block_length(path: str | Path) -> int:
+    """The length of the first block of the packed split at `path` (every block must have it).
+
+    For readers that were not told the split's `max_length` (evaluation gets a path, not the packing
+    config); `load_blocks` then checks every other row against it.
+    """
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            if batch.num_rows:
+                return int(batch.column(BLOCK_COLUMNS[0]).value_lengths()[0].as_py())
+    raise ValueError(f"{path}: no blocks")
 
 
 def load_block_arrays(path: str | Path) -> dict[str, np.ndarray]:

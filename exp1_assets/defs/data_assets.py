@@ -23,11 +23,11 @@ from dagster import (
 )
 from pydantic import Field
 
+from exp1_assets.code_versions import code_version
 from exp1_assets.data.conversation import LeadingAssistant
 from exp1_assets.data.specs import IngestSpec, PackSpec, SourceKind, SplitSpec, TokenizerKind, TokenizerSpec, TrainOn
 from exp1_assets.defs.config_overlay import given_fields, library_default
 from exp1_assets.defs.store import ArtifactStore
-from exp1_assets.defs.versions import code_version
 from exp1_assets.hashing import content_digest, directory_digest
 from exp1_assets.markdown import md_records_table, png_markdown
 

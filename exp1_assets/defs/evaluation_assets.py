@@ -23,13 +23,13 @@ from dagster import (
 )
 from pydantic import Field
 
+from exp1_assets.code_versions import code_version
 from exp1_assets.defs.config_overlay import given_fields
 from exp1_assets.defs.data_assets import conversation_splits, packed_dataset
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.partitions import size_partitions
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.defs.training_assets import model_checkpoint
-from exp1_assets.defs.versions import code_version
 from exp1_assets.evaluation.evaluate_job import EvalSpec
 from exp1_assets.evaluation.sample_job import SampleSpec
 from exp1_assets.evaluation.thresholds import CHECK_DESCRIPTIONS, Thresholds

@@ -22,6 +22,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal, Optional
 
 from dagster import (
     AssetExecutionContext,
@@ -37,7 +38,7 @@ from pydantic import Field
 
 from exp1_assets.defs.pipes_reader import WholeLineFileMessageReader
 from exp1_assets.launch.accelerate import accelerate_args, cpu_threads_per_process, free_port, visible_gpus
-from exp1_assets.launch.errors import BackendUnavailable, LaunchError
+from exp1_assets.launch.errors import LaunchError
 from exp1_assets.launch.follow import JobHandle, follow
 from exp1_assets.launch.local import LocalJob
 from exp1_assets.launch.slurm import SbatchRequest, SlurmJob, render_sbatch
@@ -46,33 +47,30 @@ from exp1_assets.launch.slurm import SbatchRequest, SlurmJob, render_sbatch
 class JobLauncher(ConfigurableResource):
     """Where and how the heavy jobs run: `local` (this machine) or `slurm` (a cluster)."""
 
-    backend: str = Field(default="local", description="'local' or 'slurm'")
-    num_processes: int = Field(
-        default=0, description="Processes per machine; 0 = all visible GPUs, or 1 without CUDA"
-    )
-    mixed_precision: str = Field(default="no", description="accelerate's --mixed_precision")
-    accelerate_config_file: str = Field(default="", description="Optional accelerate config file")
+    backend: Literal["local", "slurm"] = Field(default="local", description="local (this machine) or slurm (a cluster)")
+    num_processes: Optional[int] = Field(
+        default=None, description="Processes per machine (unset: all visible GPUs, or 1 without CUDA)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(default="no", description="accelerate's --mixed_precision")
+    accelerate_config_file: Optional[str] = Field(default=None, description="An accelerate config file")
     extra_env: dict[str, str] = Field(default_factory=dict, description="Extra environment for jobs")
-    python: str = Field(default="", description="Interpreter for the jobs; empty = this one")
-    stall_timeout_s: float = Field(
-        default=0.0, description="Fail a job that prints and reports nothing for this long (0 = off)"
-    )
+    python: Optional[str] = Field(default=None, description="Interpreter for the jobs (unset: this one)")
+    stall_timeout_s: Optional[float] = Field(
+        default=None, description="Fail a job that prints and reports nothing for this long (unset: never)")
     poll_interval_s: float = Field(default=0.5, description="Seconds between two looks at the job's state")
     # backend="slurm" (see exp1_assets.launch.slurm): one sbatch job, one `accelerate launch` per node.
     nodes: int = Field(default=1, description="slurm: nodes per job")
-    gpus_per_node: int = Field(default=0, description="slurm: GPUs per node (0 = CPU, 1 process per node)")
-    cpus_per_task: int = Field(default=0, description="slurm: CPUs per node's launcher task (0 = Slurm's default)")
-    partition: str = Field(default="", description="slurm: --partition")
-    account: str = Field(default="", description="slurm: --account")
-    time_limit: str = Field(default="", description="slurm: --time, e.g. 2-00:00:00")
+    gpus_per_node: int = Field(default=0, description="slurm: GPUs per node (0: CPU nodes, 1 process per node)")
+    cpus_per_task: Optional[int] = Field(default=None, description="slurm: CPUs per node's launcher task (unset: Slurm's default)")
+    partition: Optional[str] = Field(default=None, description="slurm: --partition")
+    account: Optional[str] = Field(default=None, description="slurm: --account")
+    time_limit: Optional[str] = Field(default=None, description="slurm: --time, e.g. 2-00:00:00")
     extra_sbatch_lines: list[str] = Field(default_factory=list, description="slurm: more '--option' lines")
-    setup_script: str = Field(default="", description="slurm: shell lines run before launch (module load, venv)")
-    shared_dir: str = Field(
-        default="", description="slurm: where scripts, job logs and Pipes messages go (default: the run dir)"
-    )
+    setup_script: Optional[str] = Field(default=None, description="slurm: shell lines run before launch (module load, venv)")
+    shared_dir: Optional[str] = Field(
+        default=None, description="slurm: where scripts, job logs and Pipes messages go (unset: the run dir)")
 
     def processes_per_machine(self) -> int:
-        if self.num_processes > 0:
+        if self.num_processes is not None:
             return self.num_processes
         return visible_gpus() or 1
 
@@ -87,11 +85,10 @@ class JobLauncher(ConfigurableResource):
     ) -> list[PipesExecutionResult]:
         """Launch `python -m module spec_path` and return what rank 0 reported through Pipes."""
         try:
+            _clear_errors_of_earlier_attempts(run_dir)
             if self.backend == "slurm":
                 return self._run_slurm(context, module=module, spec_path=spec_path, run_dir=run_dir,
                                        num_processes=num_processes)
-            if self.backend != "local":
-                raise BackendUnavailable(f"JobLauncher.backend={self.backend!r} is not available")
             return self._run_local(context, module=module, spec_path=spec_path, run_dir=run_dir,
                                    num_processes=num_processes)
         except LaunchError as error:
@@ -107,8 +104,6 @@ class JobLauncher(ConfigurableResource):
         num_processes: int | None,
     ) -> list[PipesExecutionResult]:
         """`accelerate launch` on this machine, in its own process group."""
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(run_dir / "errors", ignore_errors=True)  # errors of an earlier attempt
         messages = run_dir / f"pipes-{uuid.uuid4().hex[:8]}.jsonl"
         procs = num_processes or self.processes_per_machine()
         args = accelerate_args(
@@ -118,7 +113,7 @@ class JobLauncher(ConfigurableResource):
             main_process_ip="127.0.0.1",
             main_process_port=str(free_port()),
             mixed_precision=self.mixed_precision,
-            config_file=self.accelerate_config_file or None,
+            config_file=self.accelerate_config_file,
             cpu_threads_per_process=cpu_threads_per_process(procs),
         )
         cmd = [self.python or sys.executable, "-m", "accelerate.commands.launch", *args,
@@ -139,9 +134,7 @@ class JobLauncher(ConfigurableResource):
         num_processes: int | None,
     ) -> list[PipesExecutionResult]:
         """Submit an sbatch job; the job id and script go into the materialization's metadata."""
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(run_dir / "errors", ignore_errors=True)  # errors of an earlier attempt
-        shared = Path(self.shared_dir).expanduser() if self.shared_dir else run_dir
+        shared = Path(self.shared_dir).expanduser() if self.shared_dir is not None else run_dir
         shared.mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:8]
         messages = shared / f"pipes-{tag}.jsonl"
@@ -176,11 +169,11 @@ class JobLauncher(ConfigurableResource):
             # A single-process job (evaluation, samples) needs one node, not the training allocation.
             nodes=1 if num_processes == 1 else self.nodes,
             processes_per_node=num_processes or self.num_processes or self.gpus_per_node or 1,
-            gpus_per_node=self.gpus_per_node, cpus_per_task=self.cpus_per_task or None,
-            partition=self.partition or None, account=self.account or None,
-            time_limit=self.time_limit or None, extra_sbatch_lines=tuple(self.extra_sbatch_lines),
-            setup_script=self.setup_script or None, mixed_precision=self.mixed_precision,
-            accelerate_config_file=self.accelerate_config_file or None,
+            gpus_per_node=self.gpus_per_node, cpus_per_task=self.cpus_per_task,
+            partition=self.partition, account=self.account,
+            time_limit=self.time_limit, extra_sbatch_lines=tuple(self.extra_sbatch_lines),
+            setup_script=self.setup_script, mixed_precision=self.mixed_precision,
+            accelerate_config_file=self.accelerate_config_file,
         )
 
     @contextlib.contextmanager
@@ -198,7 +191,7 @@ class JobLauncher(ConfigurableResource):
             yield session, env
 
     def _follow(self, job: JobHandle, *, messages: Path, run_dir: Path) -> None:
-        follow(job, messages=messages, run_dir=run_dir, stall_timeout_s=self.stall_timeout_s or None,
+        follow(job, messages=messages, run_dir=run_dir, stall_timeout_s=self.stall_timeout_s,
                poll_interval_s=self.poll_interval_s)
 
 
@@ -217,6 +210,12 @@ def launch_failure(error: LaunchError) -> Failure:
         else:
             metadata[key] = MetadataValue.text(value)
     return Failure(description=error.description, metadata=metadata, allow_retries=error.retryable)
+
+
+def _clear_errors_of_earlier_attempts(run_dir: Path) -> None:
+    """A retry reports its own failing rank, not the one of the attempt before it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir / "errors", ignore_errors=True)
 
 
 def _code(text: str) -> str:

@@ -27,10 +27,10 @@ class ArtifactStore(ConfigurableResource):
     """Root of every artifact: `root`, else `$EXP1_HOME`, else `./.exp1_home`."""
 
     root: Optional[str] = Field(default=None, description="Artifact root; unset: $EXP1_HOME, else ./.exp1_home")
-    keep_run_dirs: int = Field(
-        default=3, ge=0,
+    keep_run_dirs: Optional[int] = Field(
+        default=3, ge=1,
         description="Run dirs kept per asset partition after a success (most recently used first, the "
-                    "current one always); 0 keeps all",
+                    "current one always); unset (null) keeps all",
     )
 
     @property
@@ -58,7 +58,7 @@ class ArtifactStore(ConfigurableResource):
         a sweep filled the disk by ~100 MB per run even for `tiny`. Called after a successful
         commit only: a failed run's checkpoints are what its retry resumes from.
         """
-        if self.keep_run_dirs == 0:
+        if self.keep_run_dirs is None:
             return []
         return self._artifacts().prune_run_dirs(asset, partition, current=current, keep=self.keep_run_dirs)
 

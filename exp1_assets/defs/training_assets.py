@@ -27,12 +27,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from exp1_assets.code_versions import code_version
 from exp1_assets.defs.config_overlay import given_fields, library_default
 from exp1_assets.defs.data_assets import packed_dataset
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.partitions import size_partitions
 from exp1_assets.defs.store import ArtifactStore
-from exp1_assets.defs.versions import code_version
 from exp1_assets.settings import Settings
 from exp1_assets.training.model import Architecture
 from exp1_assets.training.spec import DebugSpec, Precision, ReportTo, TrainSpec, WandbMode

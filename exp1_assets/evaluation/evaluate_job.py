@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from exp1_assets.evaluation.job_common import (
@@ -86,11 +87,13 @@ def load_test_rows(path: str, *, num_samples: int, seed: int) -> list[dict[str, 
 
 
 def perplexity_metrics(model: Any, tokenizer: Any, spec: EvalSpec, *, device: str) -> dict[str, float]:
-    from datasets import Dataset
-
+    from exp1_assets.data.blocks import block_length, load_blocks
     from exp1_assets.evaluation import metrics
 
-    blocks = Dataset.from_file(spec.validation_path)
+    if not Path(spec.validation_path).is_file():
+        raise FileNotFoundError(f"validation_path: packed blocks not found: {spec.validation_path}")
+    blocks = load_blocks(spec.validation_path, max_length=block_length(spec.validation_path),
+                         vocab_size=len(tokenizer))
     if spec.max_eval_blocks is not None:
         blocks = blocks.select(range(min(spec.max_eval_blocks, len(blocks))))
     sums = metrics.token_nll_sums(model, blocks, batch_size=spec.eval_batch_size, device=device,

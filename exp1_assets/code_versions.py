@@ -15,7 +15,7 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1]
+PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.name  # "exp1_assets"
 
 
@@ -96,14 +96,3 @@ def _module_name(path: Path) -> str:
     relative = path.relative_to(PACKAGE.parent).with_suffix("")
     parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
     return ".".join(parts)
-
-
-def file_digest(*paths: Path) -> str:
-    """sha256 (16 hex) of files' contents: data versions of artifacts on disk."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
