@@ -140,6 +140,9 @@ def compare_sizes(
     }
     write_json(out / "comparison.json", summary)
     md = ["# Model size comparison", "", table or "(no sizes evaluated yet)", ""]
+    md += ["Each size is judged by the thresholds its own report recorded: "
+           + "; ".join(f"{md_escape(s)}: perplexity < {t.perplexity_below:g}, ROUGE-L > {t.rouge_l_above:g}"
+                       for s, t in judged_by.items()) if judged_by else "", ""]
     if missing:
         md += [f"Missing sizes (not trained/evaluated yet): {', '.join(missing)}", ""]
     md += [f"![{k}]({p.name})" for k, p in plots.items()]

@@ -68,6 +68,12 @@ def evaluation_markdown(report: Mapping[str, Any], predictions: Sequence[Mapping
     parts = [f"# Evaluation: {md_escape(str(report.get('checkpoint', '')))}", "",
              md_table(["metric", "value"], [[f"`{n}`", v] for n, v in headline.items()
                                              if isinstance(v, (int, float))]), ""]
+    checks = report.get("checks") or {}
+    if checks:  # the bars this report was judged by (report["thresholds"]), next to the values
+        parts += ["## The research plan's bars", "",
+                  md_table(["check", "value", "threshold", "passed"],
+                           [[f"`{name}`", c["value"], c["threshold"], "yes" if c["passed"] else "no"]
+                            for name, c in checks.items()]), ""]
     if report.get("bleu_signature"):
         parts += [f"BLEU signature: `{report['bleu_signature']}`  ", f"chrF signature: `{report.get('chrf_signature', '')}`", ""]
     for title, key in (("Exact-answer accuracy by task (answer contained, whole words)", "exact_accuracy"),
