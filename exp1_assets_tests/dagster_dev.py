@@ -84,7 +84,7 @@ def make_dagster_home(path: Path) -> Path:
 
 def dev_env(*, dagster_home: Path, exp1_home: Path, **extra: str) -> dict[str, str]:
     """This process's environment minus anything a launched job would mistake for its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_PIPES", "EXP1_FAULT"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
     env.update(DAGSTER_HOME=str(dagster_home), EXP1_HOME=str(exp1_home), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", DAGSTER_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(REPO), **extra)
@@ -160,14 +160,43 @@ def processes_of(dev: DagsterDev) -> list[int]:
     return [pid for pid in found if pid != os.getpid()]
 
 
+def in_group_of(dev: DagsterDev, pid: int) -> bool:
+    """Whether `pid` is in dagster dev's process group (its own children, not launched jobs)."""
+    try:
+        return os.getpgid(pid) == dev.proc.pid
+    except ProcessLookupError:
+        return False
+
+
 def stop_dagster_dev(dev: DagsterDev, *, grace_s: float = 30) -> list[int]:
-    """SIGTERM the group, wait, SIGKILL what is left; return the PIDs that needed SIGKILL."""
+    """SIGTERM the group, wait, SIGKILL what is left; return the PIDs that needed SIGKILL.
+
+    While it shuts down, `dagster dev` may see its code server exit and start a new one, after
+    the group's SIGTERM went out: a group member that appears later gets its own SIGTERM and its
+    own grace period, so only a process that really ignores SIGTERM counts as a straggler.
+    Launched jobs (their own sessions) get no signal from here: stopping them is dagster dev's job.
+    """
+    started = time.time()
+    signalled = {pid: started for pid in processes_of(dev) if in_group_of(dev, pid)}
     try:
         os.killpg(dev.proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    deadline = time.time() + grace_s
-    while time.time() < deadline and (dev.proc.poll() is None or processes_of(dev)):
+    while True:
+        now, alive = time.time(), processes_of(dev)
+        for pid in alive:
+            if pid not in signalled and in_group_of(dev, pid):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+                signalled[pid] = now
+        if dev.proc.poll() is not None and not alive:
+            break
+        # Each process's grace runs from its own SIGTERM; late arrivals extend it, up to twice over.
+        deadline = max([started, *(signalled.get(pid, started) for pid in alive)]) + grace_s
+        if now >= min(deadline, started + 2 * grace_s):
+            break
         time.sleep(0.2)
     stragglers = processes_of(dev)
     for pid in stragglers:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import Failure, MetadataValue, build_asset_context
+from dagster import Failure, MetadataValue
 
 from exp1_assets.defs.launcher import JobLauncher, launch_failure
 from exp1_assets.launch.errors import BackendUnavailable, JobFailed, JobStalled, LaunchError, SubmitFailed

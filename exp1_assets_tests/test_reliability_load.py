@@ -30,7 +30,7 @@ from exp1_assets_tests.dagster_dev import LOCATION, REPOSITORY, DagsterDev, dags
 from exp1_assets_tests.run_configs import fast_run_config, only
 from exp1_assets_tests.test_graph import DATA, _assets
 from exp1_assets_tests.test_launcher import _job_processes
-from exp1_assets_tests.test_ui_browser import ASSETS, LAUNCH_RUN, RUN_STATUS, wait_for_run
+from exp1_assets_tests.graphql_client import ASSETS, LAUNCH_RUN, RUN_STATUS, wait_for_run
 
 CONCURRENT_QUERIES = 50
 # What a dashboard polls: one run's status and the asset graph.

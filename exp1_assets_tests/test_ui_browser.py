@@ -17,23 +17,20 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
-from exp1_assets_tests.dagster_dev import LOCATION, REPOSITORY, DagsterDev, dagster_dev  # noqa: F401
+from exp1_assets_tests.dagster_dev import DagsterDev, dagster_dev  # noqa: F401 (the fixture)
+from exp1_assets_tests.graphql_client import (
+    ASSETS, CHECK_PARTITIONS, CHECKS, GROUPS, MATERIALIZATIONS, RUN_STATUS, check_executions, launch_whole_graph,
+    run_messages, wait_for_run,
+)
 from exp1_assets_tests.run_configs import fast_run_config
 
-GROUPS = {
-    "data": ["raw_conversations", "conversation_splits", "tokenizer", "packed_dataset"],
-    "training": ["model_checkpoint"],
-    "evaluation": ["evaluation_report", "sample_set"],
-    "reporting": ["size_comparison"],
-}
-ASSETS = [name for names in GROUPS.values() for name in names]
 EVAL_CHECKS = ["perplexity_below_threshold", "rouge_l_above_threshold"]
 # The checks of the size-partitioned assets are partitioned by size too: one result per size.
 PARTITIONED_CHECKS = {"model_checkpoint": ["loss_finite", "validation_loss_decreased"], "evaluation_report": EVAL_CHECKS}
@@ -41,85 +38,6 @@ CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that phones home: the test machine has no internet.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-# The UI's "Materialize" button: the implicit asset job, an asset selection, a partition tag.
-LAUNCH_RUN = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) { __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on Error { message } } }
-"""
-RUN_STATUS = """
-query Run($runId: ID!) { runOrError(runId: $runId) { __typename
-    ... on Run { status stepStats { stepKey status startTime endTime } } ... on Error { message } } }
-"""
-RUN_LOGS = """
-query Logs($runId: ID!, $cursor: String) { logsForRun(runId: $runId, afterCursor: $cursor, limit: 1000) {
-  __typename ... on EventConnection { cursor hasMore events { __typename ... on MessageEvent { message stepKey } } }
-  ... on Error { message } } }
-"""
-MATERIALIZATIONS = """
-query Mats($path: [String!]!, $partitions: [String!]) { assetOrError(assetKey: {path: $path}) { __typename
-  ... on Asset { assetMaterializations(partitions: $partitions, limit: 1) { partition runId
-      metadataEntries { __typename label
-        ... on FloatMetadataEntry { floatValue } ... on IntMetadataEntry { intValue }
-        ... on MarkdownMetadataEntry { mdStr } ... on PathMetadataEntry { path } } } } } }
-"""
-CHECKS = """
-query Checks($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { __typename
-  ... on AssetNode { assetChecksOrError { __typename ... on AssetChecks { checks { name
-      executionForLatestMaterialization { status runId evaluation { success severity
-          metadataEntries { label ... on FloatMetadataEntry { floatValue } } } } } } } } } }
-"""
-CHECK_EXECUTIONS = """
-query Executions($path: [String!]!, $check: String!, $partition: String) {
-  assetCheckExecutions(assetKey: {path: $path}, checkName: $check, partition: $partition, limit: 10) {
-    runId status partition evaluation { partition success } } }
-"""
-CHECK_PARTITIONS = """
-query CheckPartitions($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { __typename
-  ... on AssetNode { assetChecksOrError { __typename ... on AssetChecks { checks { name
-      partitionStatuses { __typename ... on AssetCheckDefaultPartitionStatuses {
-          succeededPartitions failedPartitions inProgressPartitions skippedPartitions executionFailedPartitions } }
-  } } } } } }
-"""
-
-
-def launch_whole_graph(dev: DagsterDev, *, partition: str, run_config: dict[str, Any]) -> str:
-    params = {
-        "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": "__ASSET_JOB",
-                     "assetSelection": [{"path": [name]} for name in ASSETS]},
-        "runConfigData": run_config,
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
-    }
-    result = dev.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
-    assert result["__typename"] == "LaunchRunSuccess", result
-    return result["run"]["runId"]
-
-
-def wait_for_run(dev: DagsterDev, run_id: str, *, timeout_s: float) -> dict[str, Any]:
-    """Poll until the run ends (the daemon dequeues it; the run worker runs every step)."""
-    deadline = time.time() + timeout_s
-    run: dict[str, Any] = {}
-    while time.time() < deadline:
-        run = dev.graphql(RUN_STATUS, {"runId": run_id})["runOrError"]
-        if run.get("status") in ("SUCCESS", "FAILURE", "CANCELED"):
-            return run
-        time.sleep(2)
-    raise TimeoutError(f"run {run_id} not finished after {timeout_s:.0f} s: {run}\n{dev.log_tail()}")
-
-
-def run_messages(dev: DagsterDev, run_id: str) -> list[dict[str, Any]]:
-    events, cursor = [], None
-    while True:
-        page = dev.graphql(RUN_LOGS, {"runId": run_id, "cursor": cursor})["logsForRun"]
-        assert page["__typename"] == "EventConnection", page
-        events += [e for e in page["events"] if e.get("message")]
-        cursor = page["cursor"]
-        if not page["hasMore"]:
-            return events
-
 
 @pytest.fixture(scope="module")
 def whole_graph_run(dagster_dev: DagsterDev) -> str:  # noqa: F811
@@ -188,12 +106,6 @@ def test_evaluation_checks_executed_with_values(dagster_dev: DagsterDev, whole_g
             }["threshold"] == 20.0
 
 
-def check_executions(dev: DagsterDev, asset: str, check: str, *, partition: str) -> list[dict[str, Any]]:
-    """Executions of one check for one partition ("" = those recorded without a partition)."""
-    variables = {"path": [asset], "check": check, "partition": partition}
-    return dev.graphql(CHECK_EXECUTIONS, variables)["assetCheckExecutions"]
-
-
 def test_checks_of_partitioned_assets_keep_one_result_per_size(
     dagster_dev: DagsterDev, whole_graph_run: str  # noqa: F811
 ) -> None:
@@ -253,6 +165,8 @@ def browser() -> Iterator[Any]:
     executable = ensure_chromium()
     from playwright.sync_api import sync_playwright
 
+    # The UI may take a while to render on a busy machine; 5 s (Playwright's default) is not enough.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
@@ -269,14 +183,8 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def open_page(page: Any, dev: DagsterDev, path: str) -> None:
+    """Navigate; what the page shows is then read only through `expect`, which waits for it."""
     page.goto(dev.url + path)
-    page.wait_for_load_state("networkidle")
-
-
-def wait_until_no_text(page: Any, text: str, *, timeout_s: float = 30) -> None:
-    deadline = time.time() + timeout_s
-    while page.get_by_text(text).count() and time.time() < deadline:
-        time.sleep(0.3)
 
 
 @pytest.mark.browser
@@ -287,13 +195,13 @@ def test_lineage_page_shows_all_assets_in_their_groups(
     expanded = ",".join(f"global@global:{group}" for group in GROUPS)
     page.set_viewport_size({"width": 2400, "height": 1200})  # wide enough for full, named nodes
     open_page(page, dagster_dev, f"/asset-groups?expanded={expanded}")
-    assert page.title() == "Global asset lineage"
-    for name in ASSETS:
-        page.get_by_text(name, exact=True).first.wait_for()
+    expect(page).to_have_title("Global asset lineage")
     graph = page.locator("svg").filter(has=page.locator("foreignObject")).first
+    for name in ASSETS:
+        expect(graph.get_by_text(name, exact=True).first).to_be_visible()
     for group in GROUPS:  # group boxes in the graph, not only the sidebar tree
-        assert graph.get_by_text(group, exact=True).count() >= 1, group
-    wait_until_no_text(page, "Loading…")
+        expect(graph.get_by_text(group, exact=True).first).to_be_visible()
+    expect(page.get_by_text("Loading…")).to_have_count(0)
     page.screenshot(path=str(artifacts_dir / "ui_lineage.png"))
 
 
@@ -304,16 +212,17 @@ def test_evaluation_report_page_shows_metrics_and_checks(
     open_page(page, dagster_dev, "/assets/evaluation_report?partition=tiny")
     table = page.locator("table", has_text="perplexity")
     for metric in ("perplexity", "rouge_l", "bleu", "chrf", "bits_per_byte"):
-        row = table.locator("tr", has=page.get_by_text(metric, exact=True))
-        assert re.search(r"\d", row.first.inner_text()), f"{metric}: no value shown"
+        row = table.locator("tr", has=page.get_by_text(metric, exact=True)).first
+        expect(row).to_contain_text(re.compile(r"\d"))  # a value, not an empty cell
     page.screenshot(path=str(artifacts_dir / "ui_evaluation_report.png"))
 
     open_page(page, dagster_dev, "/assets/evaluation_report?view=checks&partition=tiny")
     for check in EVAL_CHECKS:
-        page.get_by_text(check, exact=True).first.wait_for()
-    body = page.inner_text("body")
-    assert "Perplexity on validation assistant tokens" in body  # the check's description
-    assert "threshold" in body and "value" in body  # the check result's metadata
+        expect(page.get_by_text(check, exact=True).first).to_be_visible()
+    body = page.locator("body")
+    expect(body).to_contain_text("Perplexity on validation assistant tokens")  # the check's description
+    expect(body).to_contain_text("threshold")  # the check result's metadata
+    expect(body).to_contain_text("value")
     page.screenshot(path=str(artifacts_dir / "ui_evaluation_checks.png"))
 
 
@@ -322,13 +231,14 @@ def test_model_checkpoint_page_shows_the_loss_curve(
     page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
 ) -> None:
     open_page(page, dagster_dev, "/assets/model_checkpoint?partition=tiny")
-    assert page.get_by_text("val_loss_after", exact=True).count() == 1
+    expect(page.get_by_text("val_loss_after", exact=True)).to_have_count(1)
     # Markdown metadata opens in a dialog; the plot is a PNG inlined as a data URI.
     page.locator("tr", has_text="loss_curve").get_by_text("[Show Markdown]").click()
     image = page.locator("img[src^='data:image/png']").first
-    image.wait_for()
-    width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-    assert width > 100 and height > 100  # a decoded picture, not a broken-image icon
+    expect(image).to_be_visible()
+    # A decoded picture, not a broken-image icon; decoding may finish after the tag is visible.
+    page.wait_for_function("img => img.complete && img.naturalWidth > 100 && img.naturalHeight > 100",
+                           arg=image.element_handle())
     page.screenshot(path=str(artifacts_dir / "ui_model_checkpoint_loss_curve.png"))
 
 
@@ -337,14 +247,12 @@ def test_size_comparison_page_shows_the_table(
     page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
 ) -> None:
     open_page(page, dagster_dev, "/assets/size_comparison")
-    from playwright.sync_api import expect
-
     # The markdown table renders inline in the metadata row, a moment after the row itself.
     row = page.locator("tr", has=page.get_by_text("table", exact=True)).first
     for column in ("size", "parameters", "perplexity", "rouge_l"):
         expect(row).to_contain_text(column)
-    assert re.search(r"\btiny\b", row.inner_text()), row.inner_text()
-    assert "125M, 350M, 500M, 1B, 1.5B" in page.inner_text("body")  # missing_sizes
+    expect(row.get_by_role("cell", name="tiny", exact=True)).to_be_visible()
+    expect(page.locator("body")).to_contain_text("125M, 350M, 500M, 1B, 1.5B")  # missing_sizes
     page.screenshot(path=str(artifacts_dir / "ui_size_comparison.png"))
 
 
@@ -353,13 +261,14 @@ def test_sample_set_page_shows_the_preview_and_partition_status(
     page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
 ) -> None:
     open_page(page, dagster_dev, "/assets/sample_set?partition=tiny")
-    from playwright.sync_api import expect
-
     row = page.locator("tr", has=page.get_by_text("preview", exact=True)).first
-    row.wait_for()
-    # Long Markdown opens in a dialog, short Markdown renders inline: accept either.
-    if row.get_by_text("[Show Markdown]").count():
-        row.get_by_text("[Show Markdown]").first.click()
+    # Long Markdown opens in a dialog, short Markdown renders inline: wait for one of the two
+    # to appear before deciding which, so the choice is never made on a half-rendered row.
+    show = row.get_by_text("[Show Markdown]")
+    inline = row.get_by_text(re.compile(r"instruction \(T="))
+    expect(show.or_(inline).first).to_be_visible()
+    if show.count():  # read only once one of the two is on screen
+        show.first.click()
         expect(page.get_by_role("dialog")).to_contain_text("instruction (T=")
     else:
         expect(row).to_contain_text("instruction (T=")  # the rendered Markdown preview of samples
@@ -374,3 +283,26 @@ def test_sample_set_page_shows_the_preview_and_partition_status(
     expect(body).to_contain_text("Materialized (1)")
     expect(body).to_contain_text("Missing (5)")
     page.screenshot(path=str(artifacts_dir / "ui_model_checkpoint_partitions.png"))
+
+
+@pytest.mark.browser
+def test_check_pages_show_the_tiny_partitions_results(
+    page: Any, dagster_dev: DagsterDev, whole_graph_run: str, artifacts_dir: Path  # noqa: F811
+) -> None:
+    body = page.locator("body")
+    for asset, names in PARTITIONED_CHECKS.items():
+        for name in names:
+            [execution] = check_executions(dagster_dev, asset, name, partition="tiny")
+            outcome = "Passed" if execution["status"] == "SUCCEEDED" else "Failed"
+            open_page(page, dagster_dev, f"/assets/{asset}?view=checks&checkDetail={name}")
+            page.locator("button[role=tab]", has_text="Partitions").click()  # the check's tab, not the asset's
+            # The check's own partitions: a result for one size of six.
+            expect(body).to_contain_text(f"{outcome} (1)")
+            expect(body).to_contain_text("Missing (5)")
+            expect(body).to_contain_text("Execution Failed (0)")
+            page.get_by_text("tiny", exact=True).first.click()
+            expect(body).to_contain_text(whole_graph_run[:8])  # the run that evaluated it, shortened
+            expect(body).to_contain_text("View all historical executions (1)")
+            for entry in execution["evaluation"]["metadataEntries"]:
+                expect(page.locator("tr", has=page.get_by_text(entry["label"], exact=True)).first).to_be_visible()
+            page.screenshot(path=str(artifacts_dir / f"ui_{asset}_{name}_tiny.png"))

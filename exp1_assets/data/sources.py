@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 
 from exp1_assets.data import builtin_corpus
 from exp1_assets.data.conversation import (
-    DEFAULT_MAX_CHARS,
     LEADING_ASSISTANT,
     DuplicateFilter,
     LeadingAssistant,
