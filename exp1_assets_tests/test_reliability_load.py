@@ -241,11 +241,12 @@ def test_prune_keeps_the_current_and_the_most_recently_used_run_dirs(tmp_path: P
     assert pruned == [old]
     assert sorted(p.name for p in oldest.parent.iterdir() if p.is_dir()) == ["newest", "oldest", "recent"]
 
-    store_all = ArtifactStore(root=str(tmp_path), keep_run_dirs=0)  # 0 keeps everything
+    store_all = ArtifactStore(root=str(tmp_path), keep_run_dirs=None)  # unset keeps everything
     assert store_all.prune_run_dirs("model_checkpoint", "tiny", current=newest) == []
     assert recent.exists() and oldest.exists()
-    with pytest.raises(ValueError, match="keep_run_dirs"):
-        ArtifactStore(root=str(tmp_path), keep_run_dirs=-1)
+    for bad in (0, -1):  # 0 used to mean "keep all"; now "unset" says that, and 0 is refused
+        with pytest.raises(ValueError, match="keep_run_dirs"):
+            ArtifactStore(root=str(tmp_path), keep_run_dirs=bad)
 
 
 def test_prune_leaves_run_dirs_alone_while_another_run_writes_the_partition(tmp_path: Path) -> None:
