@@ -137,3 +137,25 @@ def test_environment_knobs_are_read_only_in_the_settings_module() -> None:
     fault_vars = [p.name for p in PACKAGE.rglob("*.py") if "EXP1_FAULT" in p.read_text() or "EXP1_HANG" in p.read_text()
                   or "EXP1_KILL" in p.read_text()]
     assert fault_vars == []
+
+
+def test_every_config_field_is_described_and_unset_means_none() -> None:
+    """Run config and resources: a description on every field, and no 0 / -1 / "" "not set" sentinels
+    (a field that can be left unset is None until set; the library's specs own the defaults)."""
+    import inspect
+
+    from dagster import Config, ConfigurableResource
+
+    from exp1_assets.defs import data_assets, evaluation_assets, launcher, store, training_assets
+
+    classes = {cls for module in (data_assets, evaluation_assets, launcher, store, training_assets)
+               for _, cls in inspect.getmembers(module, inspect.isclass)
+               if issubclass(cls, (Config, ConfigurableResource)) and cls not in (Config, ConfigurableResource)
+               and cls.__module__.startswith("exp1_assets.")}
+    assert len(classes) >= 9
+    for cls in classes:
+        for name, field in cls.model_fields.items():
+            assert field.description, f"{cls.__name__}.{name} has no description"
+            assert field.default not in ("", -1) and not (field.default == 0 and field.default is not False
+                                                          and name not in ("gpus_per_node",)), (
+                f"{cls.__name__}.{name} defaults to the sentinel {field.default!r}")
