@@ -74,6 +74,11 @@ def test_two_ranks_train_through_the_launcher(home: Path) -> None:
     mat = result.asset_materializations_for_node("model_checkpoint")[0]
     assert {"param_count", "tokens_per_s", "loss_curve", "val_loss_after", "memory_estimate_gib",
             "resumed", "train_spec"} <= set(mat.metadata)
+    # Metadata and the saved spec point at the committed model, not the staging dir it was written to.
+    final = str(home / "model_checkpoint" / "tiny")
+    assert mat.metadata["train_spec"].value["output_dir"] == final
+    assert json.loads((home / "model_checkpoint" / "tiny" / "train_spec.json").read_text())["output_dir"] == final
+    assert ".tmp-" not in json.dumps({k: str(v.value) for k, v in mat.metadata.items() if k != "loss_curve"})
 
 
 def test_a_failing_rank_fails_the_asset_with_its_own_error(home: Path) -> None:
