@@ -331,3 +331,61 @@ def test_collate_blocks_stacks_int64_without_attention_mask():
     with pytest.raises(ValueError,
                        match=r"packed block is missing column 'position_ids' \(has \['input_ids', 'labels'\]\)"):
         collate_blocks([{"input_ids": [1], "labels": [1]}])
+
+
+def _runs_here(implementation: str) -> bool:
+    from exp1_assets.training.model import require_attention
+
+    try:
+        require_attention(implementation)
+    except ValueError:
+        return False
+    import torch
+
+    return implementation != "flash_attention_2" or torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flash_attention_2"])
+def test_every_attention_setting_keeps_packed_documents_apart(tokenizer, tmp_path, implementation):
+    """The project's own model (llama, built as training builds it): packed logits == unpacked logits
+    for each attention implementation this machine runs; the others are skipped, saying why."""
+    import torch
+
+    from exp1_assets.sizes import get_size
+    from exp1_assets.training.model import build_model
+
+    if not _runs_here(implementation):
+        pytest.skip(f"{implementation} needs flash-attn and a CUDA device (not here)")
+    path = write_conversations(tmp_path / "c.parquet", make_conversations(30, seed=7))
+    pack_split(tokenizer=tokenizer, conversations_path=path, out_path=tmp_path / "c.arrow", max_length=MAX_LENGTH)
+    blocks = pa.ipc.open_stream(str(tmp_path / "c.arrow")).read_all().to_pydict()
+    device = "cuda" if implementation == "flash_attention_2" else "cpu"
+    model = build_model(get_size("tiny"), architecture="llama", vocab_size=len(tokenizer), pad_token_id=0,
+                        bos_token_id=None, eos_token_id=1, seed=0, attn_implementation=implementation)
+    model = model.to(device, torch.bfloat16 if device == "cuda" else torch.float32).eval()
+    assert model.config._attn_implementation == implementation
+    checked, tolerance = 0, (2e-2 if device == "cuda" else 1e-4)
+    for row in range(len(blocks["input_ids"])):
+        ids = torch.tensor([blocks["input_ids"][row]], device=device)
+        positions = torch.tensor([blocks["position_ids"][row]], device=device)
+        starts = (positions[0] == 0).nonzero().flatten().tolist() + [MAX_LENGTH]
+        if len(starts) < 3:
+            continue  # one document + filler proves nothing about cross-attention
+        with torch.no_grad():
+            packed = model(input_ids=ids, position_ids=positions, attention_mask=None, use_cache=False).logits[0]
+            alone = torch.cat([model(input_ids=ids[:, a:b], use_cache=False).logits[0]
+                               for a, b in zip(starts, starts[1:])])
+        assert (packed - alone).abs().max().item() < tolerance, implementation
+        checked += 1
+    assert checked >= 3
+
+
+def test_flash_attention_without_flash_attn_is_refused_naming_what_is_missing(monkeypatch) -> None:
+    import importlib.util
+
+    from exp1_assets.training.model import require_attention
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with pytest.raises(ValueError, match="'flash_attention_2' needs the flash-attn package"):
+        require_attention("flash_attention_2")

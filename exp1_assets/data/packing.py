@@ -28,8 +28,11 @@ import numpy as np
 from exp1_assets.data.blocks import BLOCK_DTYPE, IGNORE_INDEX, arrow_schema, record_batch
 from exp1_assets.data.chat import render_with_spans
 from exp1_assets.data.specs import PackSpec, TrainOn
+from exp1_assets.progress import ProgressLog
+from exp1_assets.progress import start as start_progress
 
 TRAIN_ON: tuple[str, ...] = get_args(TrainOn)
+_DEFAULTS = PackSpec()  # the packing defaults below are PackSpec's: one place owns them
 # Conversations per encode_batch call: plenty to keep the Rust thread pool busy, while the
 # Encoding objects (offsets, token strings: ~150 bytes/token) never hold a whole chunk.
 ENCODE_BATCH = 1_000
@@ -57,8 +60,8 @@ def labels_from_spans(ids: np.ndarray, offsets: np.ndarray, spans: Sequence[tupl
 
 
 def tokenize_conversations(
-    tokenizer: Any, messages_batch: Sequence[Sequence[dict]], *, train_on: str = "assistant",
-    train_on_leading_assistant: bool = False,
+    tokenizer: Any, messages_batch: Sequence[Sequence[dict]], *, train_on: TrainOn = _DEFAULTS.train_on,
+    train_on_leading_assistant: bool = _DEFAULTS.train_on_leading_assistant,
 ) -> list[Document]:
     """Render each conversation as ChatML, encode them in batched calls, label them.
 
@@ -266,8 +269,9 @@ def configure_tokenizer_threads(num_proc: int | None) -> None:
 
 
 def pack_split(
-    *, tokenizer: Any, conversations_path: Path, out_path: Path, max_length: int, train_on: str = "assistant",
-    chunk_rows: int = 20_000, num_proc: int | None = None, train_on_leading_assistant: bool = False,
+    *, tokenizer: Any, conversations_path: Path, out_path: Path, max_length: int,
+    train_on: TrainOn = _DEFAULTS.train_on, chunk_rows: int = _DEFAULTS.chunk_rows, num_proc: int | None = None,
+    train_on_leading_assistant: bool = _DEFAULTS.train_on_leading_assistant, progress: ProgressLog | None = None,
 ) -> PackStats:
     """Tokenize and pack one conversations parquet into `out_path` (Arrow IPC stream), chunk by chunk.
 
@@ -296,6 +300,8 @@ def pack_split(
     lengths: list[np.ndarray] = []
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_name(out_path.name + ".tmp")
+    counter = start_progress(progress, f"packed_dataset: {out_path.stem}", total=parquet.metadata.num_rows,
+                             unit="conversations")
     try:
         with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for batch in parquet.iter_batches(batch_size=chunk_rows, columns=["messages"]):
@@ -324,6 +330,8 @@ def pack_split(
                 counts["loss_tokens"] += int((arrays["labels"] != IGNORE_INDEX).sum())
                 if blocks:
                     writer.write_batch(record_batch(arrays))
+                counter.advance(batch.num_rows)
+        counter.finish()
         if counts["loss_tokens"] == 0:
             raise ValueError(
                 f"split {out_path.stem} has no loss-carrying tokens: {counts['conversations']} conversations in "
@@ -343,12 +351,10 @@ def pack_split(
     )
 
 
-_DEFAULTS = PackSpec()  # pack_dataset's defaults are PackSpec's: one place owns them
-
-
 def pack_dataset(
     *, tokenizer_dir: Path, splits_dir: Path, out_dir: Path, max_length: int, train_on: TrainOn = _DEFAULTS.train_on,
     chunk_rows: int = _DEFAULTS.chunk_rows, train_on_leading_assistant: bool = _DEFAULTS.train_on_leading_assistant,
+    progress: ProgressLog | None = None,
 ) -> dict[str, PackStats]:
     """Pack train and validation into `out_dir` (train.arrow, validation.arrow, meta.json, histogram)."""
     from transformers import AutoTokenizer
@@ -361,7 +367,7 @@ def pack_dataset(
         stats[split] = pack_split(
             tokenizer=tokenizer, conversations_path=splits_dir / f"{split}.parquet",
             out_path=out_dir / f"{split}.arrow", max_length=max_length, train_on=train_on, chunk_rows=chunk_rows,
-            train_on_leading_assistant=train_on_leading_assistant,
+            train_on_leading_assistant=train_on_leading_assistant, progress=progress,
         )
     histogram_png(stats["train"].lengths, path=out_dir / "length_histogram.png",
                   title=f"train conversations: tokens per conversation (max_length {max_length})")

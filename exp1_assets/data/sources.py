@@ -35,6 +35,8 @@ from exp1_assets.data.conversation import (
 )
 from exp1_assets.data.roles import Role, RoleMap
 from exp1_assets.data.specs import IngestSpec
+from exp1_assets.progress import ProgressLog
+from exp1_assets.progress import start as start_progress
 
 SOURCES = ("builtin", "local", "hub")
 WRITE_BATCH_ROWS = 10_000
@@ -228,6 +230,7 @@ def ingest_conversations(
     role_aliases: Mapping[str, Role] | None = _DEFAULTS.role_aliases,
     replace_default_roles: bool = _DEFAULTS.replace_default_roles,
     leading_assistant: LeadingAssistant = _DEFAULTS.leading_assistant,
+    progress: ProgressLog | None = None,
 ) -> IngestResult:
     """Validate every input row into `out_dir`; raise ValueError if nothing usable remains.
 
@@ -261,12 +264,16 @@ def ingest_conversations(
     seen, reasons = DuplicateFilter(), Counter()
     kept, preview, first_bad = 0, [], None
     input_rows = 0
+    total = (builtin_size if max_samples is None else min(builtin_size, max_samples)) if source == "builtin" \
+        else max_samples  # a file's row count is unknown until it is read
+    counter = start_progress(progress, "raw_conversations: reading", total=total, unit="rows")
     try:
         with open(out_dir / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
             for file, row, raw in raw_rows:
                 if max_samples is not None and input_rows >= max_samples:
                     break
                 input_rows += 1
+                counter.advance()
                 result = raw if isinstance(raw, Rejection) else normalize_row(
                     raw, row=row, default_id=f"row-{input_rows - 1}",
                     default_source=default_source, max_chars=max_chars, roles=roles,
@@ -286,6 +293,7 @@ def ingest_conversations(
                     preview.append(result)
     finally:
         data_version = writer.close()
+    counter.finish()
 
     where = path if source == "local" else hub_id if source == "hub" else "builtin"
     if input_rows == 0:

@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 from exp1_assets.data.conversation import messages_digest
 from exp1_assets.data.sources import CONVERSATION_SCHEMA, WRITE_BATCH_ROWS
 from exp1_assets.data.specs import SplitSpec
+from exp1_assets.progress import Progress, ProgressLog
+from exp1_assets.progress import start as start_progress
 
 SPLITS = ("train", "validation", "test")
 READ_BATCH_ROWS = 10_000
@@ -72,12 +74,14 @@ def _bucket(position: float, fractions: tuple[float, float, float]) -> str:
     return "validation" if position < fractions[0] + fractions[1] else "test"
 
 
-def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
+def _read_rows(path: Path, counter: Progress) -> Iterator[dict[str, Any]]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS):
         yield from batch.to_pylist()
+        counter.advance(batch.num_rows)
+    counter.finish()
 
 
-def _plan(path: Path, config: SplitSpec) -> dict[str, str]:
+def _plan(path: Path, config: SplitSpec, *, counter: Progress) -> dict[str, str]:
     """First pass: overrides {prompt key -> split} that give empty non-zero splits one prompt.
 
     Hashing alone can leave validation/test empty on tiny corpora; then we move the train
@@ -85,7 +89,7 @@ def _plan(path: Path, config: SplitSpec) -> dict[str, str]:
     """
     seen, counts = set(), Counter()
     top_train: dict[str, list] = {}  # key -> [position, rows]; the few highest train positions
-    for row in _read_rows(path):
+    for row in _read_rows(path, counter):
         digest = messages_digest(row["messages"])
         if digest in seen:
             continue
@@ -142,12 +146,15 @@ def split_conversations(
     conversations_path: Path,
     out_dir: Path,
     spec: SplitSpec = SplitSpec(),
+    progress: ProgressLog | None = None,
 ) -> SplitResult:
     """Write train/validation/test.parquet and summary.json into `out_dir`."""
     conversations_path, out_dir = Path(conversations_path), Path(out_dir)
     if not conversations_path.is_file():
         raise ValueError(f"conversations_path: {conversations_path} is not a file")
-    overrides = _plan(conversations_path, spec)
+    total = pq.ParquetFile(conversations_path).metadata.num_rows
+    overrides = _plan(conversations_path, spec,
+                      counter=start_progress(progress, "conversation_splits: planning", total=total, unit="rows"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = {s: pq.ParquetWriter(out_dir / f"{s}.parquet", CONVERSATION_SCHEMA) for s in SPLITS}
@@ -162,7 +169,8 @@ def split_conversations(
             batches[split] = []
 
     try:
-        for row in _read_rows(conversations_path):
+        writing = start_progress(progress, "conversation_splits: writing", total=total, unit="rows")
+        for row in _read_rows(conversations_path, writing):
             digest = messages_digest(row["messages"])
             if digest in seen:
                 duplicates += 1

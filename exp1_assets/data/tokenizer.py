@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from exp1_assets.data.chat import BOS, CHATML_TEMPLATE, IM_END, IM_START, PAD, SPECIAL_TOKENS, render_chatml
+from exp1_assets.progress import ProgressLog
+from exp1_assets.progress import start as start_progress
 
 # Big enough to never truncate or warn; the packer, not the tokenizer, decides block lengths.
 MODEL_MAX_LENGTH = 1_000_000
@@ -114,7 +116,7 @@ def _training_pieces(texts: Iterator[str]) -> Iterator[str]:
 
 def train_bpe_tokenizer(
     *, train_path: Path, out_dir: Path, vocab_size: int, sample_rows: int | None = None,
-    min_frequency: int = 2,
+    min_frequency: int = 2, progress: ProgressLog | None = None,
 ) -> TokenizerInfo:
     """Train a byte-level BPE on the rendered ChatML of `train_path` and save it to `out_dir`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -127,13 +129,20 @@ def train_bpe_tokenizer(
         raise ValueError(f"sample_rows: must be > 0 or None, got {sample_rows}")
 
     sample_texts: list[str] = []  # kept for the bytes-per-token measurement
+    rows = pq.ParquetFile(train_path).metadata.num_rows
+    counter = start_progress(progress, "tokenizer: counting words", unit="rows",
+                             total=rows if sample_rows is None else min(rows, sample_rows))
 
     def texts() -> Iterator[str]:
         for messages in iter_conversation_messages(train_path, sample_rows=sample_rows):
             text = render_chatml(messages)
             if len(sample_texts) < BYTES_SAMPLE_TEXTS:
                 sample_texts.append(text)
+            counter.advance()
             yield text
+        counter.finish()
+        if progress is not None:  # the merges are computed after the last row, in one call
+            progress.emit(f"tokenizer: learning {vocab_size:,} merges")
 
     core = Tokenizer(models.BPE())  # no unk: byte-level covers every input
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

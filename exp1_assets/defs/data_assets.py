@@ -30,6 +30,7 @@ from exp1_assets.defs.config_overlay import given_fields, library_default
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.hashing import content_digest, directory_digest
 from exp1_assets.markdown import md_records_table, png_markdown
+from exp1_assets.progress import ProgressLog
 
 GROUP = "data"
 
@@ -68,7 +69,7 @@ def raw_conversations(
 
     spec = IngestSpec(**given_fields(config))
     with store.staging("raw_conversations") as out:
-        result = ingest_conversations(out_dir=out, **spec.reader_arguments())
+        result = ingest_conversations(out_dir=out, progress=_progress(context), **spec.reader_arguments())
     total = result.rows + result.quarantined
     rate = result.quarantined / total if total else 0.0
     context.log.info(f"kept {result.rows} rows, quarantined {result.quarantined}: {result.quarantine_reasons}")
@@ -122,7 +123,8 @@ def conversation_splits(
     source = store.path("raw_conversations") / "conversations.parquet"
     _require(source, "raw_conversations")
     with store.staging("conversation_splits") as out:
-        result = split_conversations(conversations_path=source, out_dir=out, spec=config.spec())
+        result = split_conversations(conversations_path=source, out_dir=out, spec=config.spec(),
+                                     progress=_progress(context))
     final = store.path("conversation_splits")
     overlap = sum(result.overlap.values())
     stats_rows = [{"split": s, **{k: v for k, v in st.items() if k != "roles"}, **st.get("roles", {})}
@@ -173,7 +175,7 @@ def tokenizer(context: AssetExecutionContext, config: TokenizerConfig, store: Ar
     spec = TokenizerSpec(**given_fields(config))
     with store.staging("tokenizer") as out:
         if spec.kind == "trained":
-            info = train_bpe_tokenizer(train_path=splits / "train.parquet", out_dir=out,
+            info = train_bpe_tokenizer(train_path=splits / "train.parquet", out_dir=out, progress=_progress(context),
                                        vocab_size=spec.vocab_size, sample_rows=spec.sample_rows)
         else:
             info = load_pretrained_tokenizer(name_or_path=spec.pretrained, out_dir=out, sample_texts=samples)
@@ -226,7 +228,8 @@ def packed_dataset(context: AssetExecutionContext, config: PackedConfig, store: 
     splits, tok = store.path("conversation_splits"), store.path("tokenizer")
     _require(tok / "tokenizer.json", "tokenizer")
     with store.staging("packed_dataset") as out:
-        stats = pack_dataset(tokenizer_dir=tok, splits_dir=splits, out_dir=out, **asdict(spec))
+        stats = pack_dataset(tokenizer_dir=tok, splits_dir=splits, out_dir=out, progress=_progress(context),
+                             **asdict(spec))
         # Written with the blocks so that training can key its resumable runs on the content
         # without re-hashing gigabytes of blocks on every launch.
         version = content_digest([out / "train.arrow", out / "validation.arrow", tok / "tokenizer.json"])
@@ -266,6 +269,11 @@ def _flat_summary(split: str, summary: dict[str, Any]) -> dict[str, Any]:
     row = {"split": split, **{k: v for k, v in summary.items() if k != "buckets"}}
     row.update({f"n {label}": n for label, n in summary.get("buckets", {}).items()})
     return row
+
+
+def _progress(context: AssetExecutionContext) -> ProgressLog:
+    """Long data steps report rows done, rate and ETA to the run's log (at most every 15 s)."""
+    return ProgressLog(emit=context.log.info)
 
 
 def _require(path: Path, upstream: str) -> None:

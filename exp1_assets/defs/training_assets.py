@@ -34,7 +34,7 @@ from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.partitions import size_partitions
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.settings import Settings
-from exp1_assets.training.model import Architecture
+from exp1_assets.training.model import Architecture, AttentionImplementation
 from exp1_assets.training.spec import DebugSpec, Precision, ReportTo, TrainSpec, WandbMode
 
 TRAIN_MODULE = "exp1_assets.training.train"
@@ -65,6 +65,9 @@ class TrainConfig(Config):
     eval_steps: Optional[int] = Field(default=None, description="Validation loss every this many steps")
     logging_steps: Optional[int] = Field(default=None, description="Progress line every this many steps")
     architecture: Architecture = Field(default=library_default(TrainSpec, "architecture"), description="Model family")
+    attn_implementation: AttentionImplementation = Field(
+        default=library_default(TrainSpec, "attn_implementation"),
+        description="sdpa (exact packed mask), eager, or flash_attention_2 (needs flash-attn on the GPU nodes)")
     precision: Precision = Field(default=library_default(TrainSpec, "precision"),
                                  description="auto: bf16 where supported, fp16 on other CUDA devices, fp32 on CPU")
     gradient_checkpointing: Optional[bool] = Field(default=None, description="Recompute activations (unset: the size's)")

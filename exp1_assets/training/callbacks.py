@@ -16,22 +16,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from exp1_assets.progress import format_duration
 from exp1_assets.runtime import Reporter
-
-def format_duration(seconds: float) -> str:
-    """
-    >>> format_duration(3725)
-    '1h02m05s'
-    >>> format_duration(42.4)
-    '42s'
-    """
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
 
 class ProgressCallback(TrainerCallback):
     """At each logging step: step/max, loss, lr, tokens/s (this session) and ETA."""

@@ -31,6 +31,32 @@ def param_count(size: ModelSize, *, vocab_size: int = GPT2_VOCAB_SIZE,
     return sum(p.numel() for p in model.parameters())  # parameters() yields tied tensors once
 
 
+def activation_bytes(size: ModelSize, *, batch: int, seq_len: int, vocab_size: int, precision: Precision,
+                     checkpointing: bool) -> int:
+    """Activation memory of one micro-batch (Korthikanti et al. 2022, fused attention kernel).
+
+    ~34*b*s*h bytes per layer at 16 bit, plus the fp32 logits and their gradient (2*b*s*V*4). With
+    gradient checkpointing only each layer's input (b*s*h) is kept, plus one layer's full
+    activations during the recompute.
+
+    >>> from exp1_assets.sizes import get_size
+    >>> full = activation_bytes(get_size("125M"), batch=1, seq_len=1024, vocab_size=50257, precision="bf16",
+    ...                         checkpointing=False)
+    >>> ckpt = activation_bytes(get_size("125M"), batch=1, seq_len=1024, vocab_size=50257, precision="bf16",
+    ...                         checkpointing=True)
+    >>> ckpt < full
+    True
+    """
+    if precision not in PRECISION_BYTES:
+        raise ValueError(f"precision: {precision!r} is not one of {tuple(PRECISION_BYTES)}")
+    tokens = batch * seq_len
+    per_layer = 34 * tokens * size.hidden * PRECISION_BYTES[precision] / 2  # the 34 assumes 16-bit
+    logits = 2 * tokens * vocab_size * 4
+    if checkpointing:
+        return int(size.layers * tokens * size.hidden * PRECISION_BYTES[precision] + per_layer + logits)
+    return int(size.layers * per_layer + logits)
+
+
 def memory_estimate(
     size: ModelSize,
     *,
@@ -49,18 +75,12 @@ def memory_estimate(
     layer's input (b*s*h) is kept, plus one layer's full activations during recompute.
     Order-of-magnitude guidance, not a promise (allocator overhead, CUDA context not included).
     """
-    if precision not in PRECISION_BYTES:
-        raise ValueError(f"precision: {precision!r} is not one of {tuple(PRECISION_BYTES)}")
     batch = size.per_device_batch if batch is None else batch
     seq_len = size.max_length if seq_len is None else seq_len
     params = param_count(size, vocab_size=vocab_size, architecture=architecture)
-    act_scale = PRECISION_BYTES[precision] / 2  # the 34 bytes/elem formula assumes 16-bit
-
-    tokens = batch * seq_len
-    per_layer = 34 * tokens * size.hidden * act_scale
-    logits = 2 * tokens * vocab_size * 4
-    activations_full = size.layers * per_layer + logits
-    activations_ckpt = size.layers * tokens * size.hidden * PRECISION_BYTES[precision] + per_layer + logits
+    shape = dict(batch=batch, seq_len=seq_len, vocab_size=vocab_size, precision=precision)
+    activations_full = activation_bytes(size, **shape, checkpointing=False)
+    activations_ckpt = activation_bytes(size, **shape, checkpointing=True)
     parts = {
         "weights": params * 4,
         "grads": params * 4,

@@ -8,9 +8,16 @@ Two architecture families share one registry of shapes (`exp1_assets.sizes`):
   untied output matrix costs up to a third of the parameters for no measured gain, and tying
   keeps the two families' parameter counts comparable.
 
-Both use `attn_implementation="sdpa"`: with packed rows (position_ids restarting per document,
-attention_mask=None) transformers builds a block-diagonal mask for SDPA, so documents packed into
-one row do not attend to each other (DESIGN.md, "Known traps").
+The attention implementation is a training setting (`TrainSpec.attn_implementation`):
+- `sdpa` (default): with packed rows (position_ids restarting per document, attention_mask=None)
+  transformers builds a block-diagonal mask, so documents packed into one row do not attend to each
+  other (DESIGN.md, "Known traps"). Exact, but the dense mask keeps SDPA off the flash kernel on GPUs.
+- `eager`: the same mask, plain matmuls; slow, a reference.
+- `flash_attention_2` (needs the flash-attn package and a CUDA device): transformers turns the
+  restarting position_ids into cumulative sequence lengths and runs the varlen kernel, no mask.
+`flex_attention` is not offered: on CPU it did not keep packed documents apart from position_ids
+alone (max logit difference 0.18). A test checks packed == unpacked logits for every
+implementation that runs on the machine.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ if TYPE_CHECKING:  # keep `import exp1_assets.training.model` cheap for type che
 
 Architecture = Literal["gpt2", "llama"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+AttentionImplementation = Literal["sdpa", "eager", "flash_attention_2"]
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttentionImplementation)
 
 
 def build_config(
@@ -35,6 +44,7 @@ def build_config(
     bos_token_id: int | None,
     eos_token_id: int | None,
     dropout: float | None = None,
+    attn_implementation: AttentionImplementation = "sdpa",
 ) -> "PretrainedConfig":
     """The transformers config for `size` in the given architecture family.
 
@@ -82,7 +92,7 @@ def build_config(
             use_cache=True,
             **ids,
         )
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = require_attention(attn_implementation)
     return config
 
 
@@ -96,6 +106,7 @@ def build_model(
     eos_token_id: int | None,
     dropout: float | None = None,
     seed: int | None = None,
+    attn_implementation: AttentionImplementation = "sdpa",
 ) -> "PreTrainedModel":
     """A freshly initialized causal LM (fp32) on the current default device.
 
@@ -112,7 +123,28 @@ def build_model(
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         dropout=dropout,
+        attn_implementation=attn_implementation,
     )
     if seed is not None:
         torch.manual_seed(seed)  # identical init on every rank and every relaunch
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+
+
+def require_attention(name: str) -> str:
+    """`name` if this machine can run it, else a ValueError that says what is missing.
+
+    >>> require_attention("sdpa")
+    'sdpa'
+    >>> require_attention("flex_attention")
+    Traceback (most recent call last):
+    ...
+    ValueError: attn_implementation: 'flex_attention' is not one of ('sdpa', 'eager', 'flash_attention_2')
+    """
+    import importlib.util
+
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation: {name!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError("attn_implementation: 'flash_attention_2' needs the flash-attn package (and a CUDA "
+                         "device) where the job runs; use 'sdpa' there")
+    return name

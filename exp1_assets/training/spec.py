@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from exp1_assets.sizes import DEFAULT_ARCHITECTURE, SIZES, get_size
-from exp1_assets.training.model import ARCHITECTURES, Architecture
+from exp1_assets.training.model import (
+    ARCHITECTURES, ATTENTION_IMPLEMENTATIONS, Architecture, AttentionImplementation,
+)
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 ReportTo = Literal["none", "wandb"]
@@ -120,6 +122,8 @@ class TrainSpec:
     """Where `output_dir` lives once the run commits; recorded in `train_spec.json` instead of it."""
     architecture: Architecture = DEFAULT_ARCHITECTURE
     """Model family: one of `training.model.ARCHITECTURES`."""
+    attn_implementation: AttentionImplementation = "sdpa"
+    """sdpa (exact packed mask), eager, or flash_attention_2 (varlen from position_ids; needs flash-attn)."""
     data_version: str | None = None
     """Content hash of packed data + tokenizer; keys the spec hash instead of the paths."""
     warmup_steps: int | None = None
@@ -155,6 +159,7 @@ class TrainSpec:
         if self.size not in SIZES:
             raise ValueError(f"size: unknown model size {self.size!r}; valid sizes: {', '.join(SIZES)}")
         _one_of("architecture", self.architecture, ARCHITECTURES)
+        _one_of("attn_implementation", self.attn_implementation, ATTENTION_IMPLEMENTATIONS)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("report_to", self.report_to, REPORT_TO)
         _one_of("wandb_mode", self.wandb_mode, WANDB_MODES)

@@ -184,7 +184,8 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
                                     vocab_size=len(tokenizer))
     model = build_model(get_size(spec.size), architecture=spec.architecture, vocab_size=len(tokenizer),
                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, dropout=spec.dropout, seed=spec.seed)
+                        eos_token_id=tokenizer.eos_token_id, dropout=spec.dropout, seed=spec.seed,
+                        attn_implementation=spec.attn_implementation)
     # With a KV cache, transformers ignores the position_ids-based block-diagonal mask and packed
     # conversations attend to each other (logits off by up to ~7 on a tiny GPT-2). Training never
     # needs the cache; it is switched back on for the saved model, where generation wants it.
