@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from exp1_assets_tests.dagster_dev import LOCATION, REPOSITORY, DagsterDev, dagster_dev  # noqa: F401
+from exp1_assets_tests.dagster_dev import DagsterDev, dagster_dev  # noqa: F401 (the fixture)
 from exp1_assets_tests.run_configs import fast_run_config, only
 from exp1_assets_tests.test_graph import DATA, _assets
 from exp1_assets_tests.test_launcher import _job_processes
-from exp1_assets_tests.graphql_client import ASSETS, LAUNCH_RUN, RUN_STATUS, wait_for_run
+from exp1_assets_tests.graphql_client import ASSETS, RUN_STATUS, launch_run, wait_for_run
 
 CONCURRENT_QUERIES = 50
 # What a dashboard polls: one run's status and the asset graph.
@@ -46,18 +46,6 @@ RSS_SLACK_MB = 50.0  # allocator arenas and the instance's caches may creep; mea
 
 
 # --- 1. the webserver under load -------------------------------------------------------------
-
-
-def _launch(dev: DagsterDev, *, assets: list[str], partition: str, run_config: dict[str, Any]) -> str:
-    params = {
-        "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": "__ASSET_JOB",
-                     "assetSelection": [{"path": [name]} for name in assets]},
-        "runConfigData": run_config,
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
-    }
-    result = dev.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
-    assert result["__typename"] == "LaunchRunSuccess", result
-    return result["run"]["runId"]
 
 
 def _wait_for_step(dev: DagsterDev, run_id: str, step: str, *, timeout_s: float) -> None:
@@ -94,7 +82,7 @@ def _percentile(values: list[float], q: float) -> float:
 @pytest.mark.slow
 def test_webserver_answers_a_burst_of_queries_while_a_run_trains(dagster_dev: DagsterDev) -> None:  # noqa: F811
     selected = [*DATA, "model_checkpoint"]
-    run_id = _launch(dagster_dev, assets=selected, partition="tiny", run_config=only(fast_run_config(), *selected))
+    run_id = launch_run(dagster_dev, assets=selected, partition="tiny", run_config=only(fast_run_config(), *selected))
     _wait_for_step(dagster_dev, run_id, "model_checkpoint", timeout_s=300)
 
     burst_began = time.time()
