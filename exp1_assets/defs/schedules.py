@@ -3,8 +3,8 @@
 - `experiment_job`: the whole graph (one run per size partition).
 - `data_job`: the data half alone (unpartitioned assets).
 - `weekly_experiment`: re-materializes every size, one run per partition, on a cron that
-  `EXP1_SCHEDULE_CRON` can change (`exp1_assets.settings`) (default: Mondays 03:00). Off until turned on in the UI or with
-  `dagster schedule start weekly_experiment`.
+  `EXP1_SCHEDULE_CRON` can change (read in `exp1_assets.settings`; default: Mondays 03:00). Off
+  until turned on in the UI or with `dagster schedule start weekly_experiment`.
 """
 
 from dagster import (

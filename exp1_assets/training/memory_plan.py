@@ -130,45 +130,52 @@ def _candidates(size: ModelSize, machine: Machine) -> Iterator[tuple[Strategy, b
 def plan_training(size: ModelSize, *, machine: Machine, vocab_size: int = GPT2_VOCAB_SIZE, seq_len: int | None = None,
                   precision: Precision = "bf16", architecture: str = DEFAULT_ARCHITECTURE) -> MemoryPlan:
     """The cheapest way to train `size` on `machine` that fits, or a ValueError saying why none does."""
-    seq_len = size.max_length if seq_len is None else seq_len
-    params = param_count(size, vocab_size=vocab_size, architecture=architecture)
-    embedding = vocab_size * size.hidden
+    shape = _Shape(size=size, seq_len=size.max_length if seq_len is None else seq_len, precision=precision,
+                   vocab_size=vocab_size, params=param_count(size, vocab_size=vocab_size, architecture=architecture))
+    plan, smallest_gib = _cheapest_fit(shape, machine)
+    if plan is not None:
+        return plan
+    # Would more of the same devices do? (The smallest device count whose cheapest fit exists.)
+    more = next((n for n in (2, 4, 8, 16, 32, 64) if n > machine.devices
+                 and _cheapest_fit(shape, dataclasses.replace(machine, devices=n, name=None))[0] is not None), None)
+    hint = (f"use >= {more} such devices (sharded), or devices with more memory" if more
+            else "use devices with more memory")
+    raise ValueError(f"{size.name} on {machine.label}: needs ~{smallest_gib + RESERVE_GIB:.1f} GiB per device even "
+                     f"{'fully sharded' if machine.devices > 1 else 'with DDP'}, micro-batch 1 and gradient "
+                     f"checkpointing ({machine.device_memory_gib:g} GiB there); {hint}")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a plan depends on besides the machine (the parameter count is computed once)."""
+
+    size: ModelSize
+    seq_len: int
+    precision: Precision
+    vocab_size: int
+    params: int
+
+
+def _cheapest_fit(shape: _Shape, machine: Machine) -> tuple[MemoryPlan | None, float]:
+    """The first candidate that fits (or None), and the smallest total any candidate needs, in GiB."""
+    size, params = shape.size, shape.params
+    embedding = shape.vocab_size * size.hidden
     layer = (params - embedding) // size.layers
     usable = machine.device_memory_gib - RESERVE_GIB
-    smallest: dict[str, float] | None = None
+    smallest = float("inf")
     for strategy, checkpointing, micro in _candidates(size, machine):
         parts = static_bytes(params, strategy=strategy, devices=machine.devices, layer_params=layer,
-                             embedding_params=embedding, precision=precision)
-        parts["activations"] = activation_bytes(size, batch=micro, seq_len=seq_len, vocab_size=vocab_size,
-                                                precision=precision, checkpointing=checkpointing)
+                             embedding_params=embedding, precision=shape.precision)
+        parts["activations"] = activation_bytes(size, batch=micro, seq_len=shape.seq_len, vocab_size=shape.vocab_size,
+                                                precision=shape.precision, checkpointing=checkpointing)
         gib = {k: round(v / GIB, 2) for k, v in parts.items()}
-        if smallest is None or sum(gib.values()) < sum(smallest.values()):
-            smallest = gib
+        smallest = min(smallest, sum(gib.values()))
         if sum(parts.values()) / GIB <= usable:
-            return MemoryPlan(size=size.name, machine=machine, strategy=strategy, gradient_checkpointing=checkpointing,
+            plan = MemoryPlan(size=size.name, machine=machine, strategy=strategy, gradient_checkpointing=checkpointing,
                               micro_batch=micro, grad_accum=size.effective_batch // micro,
                               parts_gib={**gib, "reserve": RESERVE_GIB})
-    assert smallest is not None
-    need = sum(smallest.values()) + RESERVE_GIB
-    raise ValueError(f"{size.name} on {machine.label}: needs ~{need:.1f} GiB per device even "
-                     f"{'fully sharded' if machine.devices > 1 else 'with DDP'}, micro-batch 1 and gradient "
-                     f"checkpointing ({machine.device_memory_gib:g} GiB there); "
-                     f"{_devices_hint(size, machine=machine, vocab_size=vocab_size, seq_len=seq_len, precision=precision, architecture=architecture)}")
-
-
-def _devices_hint(size: ModelSize, *, machine: Machine, vocab_size: int, seq_len: int, precision: Precision,
-                  architecture: str) -> str:
-    for devices in (2, 4, 8, 16, 32, 64):
-        if devices <= machine.devices:
-            continue
-        bigger = dataclasses.replace(machine, devices=devices, name=None)
-        try:
-            plan_training(size, machine=bigger, vocab_size=vocab_size, seq_len=seq_len, precision=precision,
-                          architecture=architecture)
-        except ValueError:
-            continue
-        return f"use >= {devices} such devices (sharded), or devices with more memory"
-    return "use devices with more memory"
+            return plan, smallest
+    return None, smallest
 
 
 def epoch_hours(plan: MemoryPlan, *, size: ModelSize, params: int, seq_len: int, tokens: float = OPENHERMES_TOKENS,

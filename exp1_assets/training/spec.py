@@ -40,10 +40,6 @@ _NOT_HASHED = frozenset({
 })
 # Paths identify the data only when no content version is given (paths may move on a cluster).
 _PATHS = ("train_path", "validation_path", "tokenizer_path")
-# The fields whose defaults are the size registry's (`ModelSize`), filled by `from_size`.
-_FROM_SIZE = ("max_steps", "num_epochs", "learning_rate", "per_device_batch", "grad_accum", "warmup_ratio",
-              "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "max_length",
-              "gradient_checkpointing", "dropout")
 
 
 @dataclass(frozen=True)
@@ -222,7 +218,6 @@ class TrainSpec:
             gradient_checkpointing=model_size.gradient_checkpointing,
             dropout=model_size.dropout,
         )
-        assert set(defaults) == set(_FROM_SIZE)
         return cls(size=size, **{**defaults, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
