@@ -5,9 +5,6 @@ Two forms, both sha256, and both persisted (so their values must never change):
   sorted path order. Dagster data versions of splits, tokenizer, packed blocks and checkpoints.
 - `file_sha256`: the full hex digest of one file's bytes (`checkpoint_manifest.json`).
 
-`params_digest` hashes a model's parameters the same way `content_digest` hashes files (name,
-then bytes, in name order), to compare weights across ranks.
-
 Plain Python, no heavy imports: the Dagster code server imports this module.
 """
 
@@ -16,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+
 
 CHUNK_BYTES = 1 << 20  # files are streamed: checkpoints and packed blocks run to gigabytes
 VERSION_HEX_DIGITS = 16  # data versions: short enough to read in the UI, long enough never to collide
@@ -81,9 +78,3 @@ def directory_digest(folder: str | Path, *, pattern: str = "*") -> str:
         raise ValueError(f"directory_digest: {folder} is not a directory")
     return content_digest(p for p in folder.glob(pattern) if p.is_file())
 
-
-def params_digest(model: Any) -> str:
-    """Full sha256 hex over a torch module's parameters (name, then fp32 bytes) in name order."""
-    parts = ((name, [param.detach().float().cpu().contiguous().numpy().tobytes()])
-             for name, param in sorted(model.named_parameters(), key=lambda item: item[0]))
-    return _named_sha256(parts)

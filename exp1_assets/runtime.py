@@ -20,6 +20,22 @@ from pathlib import Path
 from typing import Any
 
 
+# A job that stopped at a complete checkpoint because its scheduler warned it (the time limit is
+# near, or the cluster preempts it) exits with this code, meaning "preempted, resume me" rather than
+# "failed": 75 is EX_TEMPFAIL in sysexits.h ("try again later"), distinct from Python's 1 and 2 and
+# from the 128+N of a signal. `accelerate launch` turns every non-zero rank exit into 1, so the
+# ranks also leave `preempted_marker(run_dir)`; the Slurm batch script reads it and then requeues
+# the job or exits with this code itself (launch/slurm.py), which `launch.follow.job_failure` classifies.
+PREEMPTED_EXIT_CODE = 75
+# The warning Slurm sends (`sbatch --signal=USR1@<s>`) and the ranks catch (training/preemption.py).
+PREEMPTION_SIGNAL = "USR1"
+
+
+def preempted_marker(run_dir: str | Path) -> Path:
+    """The file rank 0 writes after such a stop, once the checkpoint is complete (one line: where it stopped)."""
+    return Path(run_dir) / "preempted.txt"
+
+
 def global_rank() -> int:
     """The process's global rank as torchrun/accelerate export it (0 when launched alone)."""
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))

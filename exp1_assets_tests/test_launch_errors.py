@@ -11,9 +11,12 @@ import pytest
 from dagster import Failure, MetadataValue
 
 from exp1_assets.defs.launcher import JobLauncher, launch_failure
-from exp1_assets.launch.errors import BackendUnavailable, JobFailed, JobStalled, LaunchError, SubmitFailed
+from exp1_assets.launch.errors import (
+    BackendUnavailable, JobFailed, JobPreempted, JobStalled, LaunchError, SubmitFailed,
+)
 from exp1_assets.launch.follow import follow, job_failure
 from exp1_assets.launch.slurm import SlurmJob
+from exp1_assets.runtime import PREEMPTED_EXIT_CODE
 
 ECHO = "rank 0/2: RuntimeError: [../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer\n"
 
@@ -85,6 +88,29 @@ def test_without_error_files_the_log_tail_is_the_description_and_a_retry_may_hel
     assert failure.description == "fake job failed (exit code 137); last output:\nKilled\n"
     assert failure.metadata["failed_ranks"] == "unknown" and failure.exit_code == 137
     assert failure.retryable is True
+
+
+def test_the_preempted_exit_code_is_a_retryable_preemption_not_a_failure(tmp_path: Path) -> None:
+    # A deterministic error file from an earlier run of a requeued job must not veto the resume.
+    _rank_error(tmp_path, 1, "rank 1/2: ValueError: from an earlier run\n", age_s=60)
+    preempted = job_failure(job=FakeJob(tail="exp1: job 7 stopped at step 40\n"), code=PREEMPTED_EXIT_CODE,
+                            run_dir=tmp_path)
+    assert isinstance(preempted, JobPreempted) and preempted.retryable is True
+    assert preempted.description == (
+        "fake job stopped at a checkpoint when warned of its time limit or of preemption "
+        "(exit code 75: preempted, resume me); the next attempt resumes from that checkpoint")
+    assert preempted.metadata == {"exit_code": 75, "log_tail": "exp1: job 7 stopped at step 40\n"}
+    failure = launch_failure(preempted)
+    assert failure.allow_retries is True and failure.metadata["exit_code"] == MetadataValue.int(75)
+    # Any other exit code is still judged by the error files.
+    assert job_failure(job=FakeJob(), code=1, run_dir=tmp_path).retryable is False
+
+
+def test_follow_raises_job_preempted_for_a_job_that_exited_75(tmp_path: Path) -> None:
+    job = FakeJob(code=PREEMPTED_EXIT_CODE, polls_before_exit=2)
+    with pytest.raises(JobPreempted) as caught:
+        follow(job, messages=tmp_path / "m.jsonl", run_dir=tmp_path, stall_timeout_s=None, poll_interval_s=0.001)
+    assert caught.value.exit_code == 75 and job.cancels == 0
 
 
 def test_follow_returns_on_success_and_raises_job_failed_on_a_non_zero_exit(tmp_path: Path) -> None:

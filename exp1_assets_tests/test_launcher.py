@@ -72,8 +72,12 @@ def test_two_ranks_train_through_the_launcher(home: Path) -> None:
     assert trained["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert trained["val_loss_after"] < trained["val_loss_before"]
     mat = result.asset_materializations_for_node("model_checkpoint")[0]
-    assert {"param_count", "tokens_per_s", "loss_curve", "val_loss_after", "memory_estimate_gib",
+    assert {"param_count", "tokens_per_s", "loss_curve", "val_loss_after", "memory_plan", "strategy",
             "resumed", "train_spec"} <= set(mat.metadata)
+    # Two CPU ranks share this machine's RAM: the plan counts two devices and chose DDP for tiny.
+    plan = mat.metadata["memory_plan"].value
+    assert plan["machine"]["devices"] == 2 and plan["machine"]["kind"] == "cpu" and plan["strategy"] == "ddp"
+    assert mat.metadata["strategy"].value == trained["strategy"] == "ddp"
     # Metadata and the saved spec point at the committed model, not the staging dir it was written to.
     final = str(home / "model_checkpoint" / "tiny")
     assert mat.metadata["train_spec"].value["output_dir"] == final
@@ -92,6 +96,17 @@ def test_a_failing_rank_fails_the_asset_with_its_own_error(home: Path) -> None:
 
 
 
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_launched(home: Path) -> None:
+    # Plan for a device with 1.52 GiB, 0.02 GiB beyond the reserve: tiny's fp32 AdamW state (~0.06 GiB) does not fit.
+    result = _train(home, launcher=JobLauncher(), plan_device_memory_gib=1.52)
+    assert not result.success
+    failure = result.failure_data_for_node("model_checkpoint")
+    message = failure.user_failure_data.description if failure.user_failure_data else str(failure.error)
+    assert message.startswith("model_checkpoint[tiny]: tiny on 1 x 1.52 GiB: needs ~"), message
+    assert "(1.52 GiB there)" in message
+    assert not list((home / "runs" / "model_checkpoint").glob("tiny/*/spec.json"))  # nothing was launched
+
+
 def _wait_for(predicate, *, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -101,12 +116,16 @@ def _wait_for(predicate, *, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_killed_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path) -> None:
-    """SIGKILL the job's process group after the first checkpoint: the retry resumes from it."""
-    config = only(fast_run_config(max_steps=30, save_steps=6), "model_checkpoint")
+def test_killed_sharded_training_resumes_from_its_sharded_checkpoint_through_the_retry(home: Path,
+                                                                                      tmp_path: Path) -> None:
+    """FSDP2 on 2 ranks; SIGKILL the job's process group after the first (sharded) checkpoint:
+    Dagster's retry resumes from it and ends at the planned step. (DDP: test_reliability_kill.)"""
+    config = only(fast_run_config(max_steps=60, save_steps=6), "model_checkpoint")
+    config["ops"]["model_checkpoint"]["config"].update(num_processes=2, strategy="fsdp_full")
     cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=config)
     runs = home / "runs" / "model_checkpoint" / "tiny"
-    _wait_for(lambda: any(runs.glob("*/checkpoint-6/trainer_state.json")), timeout=300, what="checkpoint-6")
+    _wait_for(lambda: any(runs.glob("*/checkpoint-6/checkpoint_manifest.json")), timeout=300, what="checkpoint-6")
+    assert len(list(runs.glob("*/checkpoint-6/pytorch_model_fsdp_0/*.distcp"))) == 2  # one shard per rank
     spec = next(runs.glob("*/spec.json"))
     pids = _job_processes(str(spec))
     assert pids, "the training job should be running"
@@ -114,8 +133,8 @@ def test_killed_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path)
     out, _ = cli.communicate(timeout=600)
     assert cli.returncode == 0, out.decode(errors="replace")[-3000:]
     trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
-    assert trained["resumed_from_step"] is not None and trained["resumed_from_step"] >= 6
-    assert trained["steps"] == 30
+    assert trained["resumed_from_step"] is not None and 6 <= trained["resumed_from_step"] < 60
+    assert trained["steps"] == 60 and trained["strategy"] == "fsdp_full" and trained["world_size"] == 2
 
 
 def test_cancelling_the_run_leaves_no_process(home: Path, tmp_path: Path) -> None:

@@ -106,3 +106,49 @@ def test_the_readme_table_is_the_planners() -> None:
     assert table in README.read_text(), "README's memory-plan table is stale: paste `python -m " \
                                         "exp1_assets.training.memory_plan --table`"
     assert len(table.splitlines()) == 2 + len(SIZES) * len(MACHINES)
+
+
+# ---- the plan laid over a run's settings (what model_checkpoint does before launching) ----------
+
+def test_a_forced_strategy_that_cannot_fit_is_refused_naming_what_was_fixed() -> None:
+    from exp1_assets.training.memory_plan import Fixed
+
+    with pytest.raises(ValueError) as refusal:
+        plan_training(get_size("1.5B"), machine=MACHINES["8x24GiB"], fixed=Fixed(strategy="ddp"))
+    message = str(refusal.value)
+    assert "even with ddp" in message and "leave the plan free to choose (fixed here: strategy=ddp)" in message
+    # Free to choose, the same machine fits it sharded.
+    assert plan_training(get_size("1.5B"), machine=MACHINES["8x24GiB"]).strategy == "fsdp_grad_op"
+
+
+def test_the_plan_sets_only_what_the_user_left_unset() -> None:
+    from exp1_assets.training.planned_spec import PlanRequest, planned_overrides
+
+    shape = dict(size="1B", architecture="llama", seq_len=2048, vocab_size=50257, precision="auto",
+                 machine=MACHINES["8x24GiB"], effective_batch=32)
+    chosen, plan = planned_overrides(**shape, request=PlanRequest(), given={})
+    assert chosen == {"strategy": "fsdp_grad_op", "gradient_checkpointing": False, "per_device_batch": 2,
+                      "grad_accum": 16}
+    # The user's micro-batch and checkpointing stay; the plan picks the strategy that fits with them.
+    chosen, plan = planned_overrides(**shape, request=PlanRequest(), given={"per_device_batch": 1,
+                                                                           "gradient_checkpointing": True})
+    assert chosen == {"strategy": "ddp"} and (plan.micro_batch, plan.gradient_checkpointing) == (1, True)
+    # Precision auto means fp32 on CPU ranks: twice the activation bytes of bf16.
+    cpu = Machine(devices=8, device_memory_gib=24.0, kind="cpu")
+    _, on_cpu = planned_overrides(**{**shape, "machine": cpu}, request=PlanRequest(), given={})
+    assert on_cpu.parts_gib["activations"] > plan.parts_gib["activations"]
+
+
+def test_a_plan_request_can_plan_for_another_machine() -> None:
+    from exp1_assets.training.planned_spec import PlanRequest
+
+    here = Machine(devices=2, device_memory_gib=11.0, kind="cpu")
+    assert PlanRequest().machine(here) == here
+    assert PlanRequest(devices=8, device_memory_gib=24.0).machine(here) == Machine(devices=8, device_memory_gib=24.0,
+                                                                                   kind="cpu")
+    assert PlanRequest().machine(None) is None  # memory unknown: no plan
+    assert PlanRequest(devices=8, device_memory_gib=80.0).machine(None).devices == 8
+    with pytest.raises(ValueError, match="strategy"):
+        PlanRequest(strategy="zero3")
+    with pytest.raises(ValueError, match="devices"):
+        PlanRequest(devices=0)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from exp1_assets.sizes import GPT2_VOCAB_SIZE, SIZES, get_size
-from exp1_assets.training.memory import memory_estimate, param_count
+from exp1_assets.training.memory import param_count
 
 PLAN_SHAPES = {  # research plan: hidden x layers x heads x intermediate, batch, accum, lr
     "125M": (768, 12, 12, 3072, 16, 2, 2e-4),
@@ -74,20 +74,14 @@ def test_model_size_validation_names_the_field():
         dataclasses.replace(tiny, dropout=1.5)
 
 
-def test_memory_estimate_adds_up_and_checkpointing_saves_activations():
+def test_activation_checkpointing_keeps_fewer_activation_bytes():
+    from exp1_assets.training.memory import activation_bytes
+
+    shape = dict(batch=1, seq_len=2048, vocab_size=50257, precision="bf16")
     size = get_size("1.5B")
-    estimate = memory_estimate(size, architecture="gpt2", batch=1, seq_len=2048, precision="bf16")
-    params = param_count(size, architecture="gpt2")
-    assert estimate["weights_bytes"] == 4 * params and estimate["adamw_states_bytes"] == 8 * params
-    assert estimate["total_bytes"] == (16 * params + estimate["activations_bytes"])
-    assert estimate["activations_with_checkpointing_bytes"] < estimate["activations_without_checkpointing_bytes"]
-    assert estimate["activations_bytes"] == estimate["activations_with_checkpointing_bytes"]
-    assert estimate["total_gib"] == round(estimate["total_bytes"] / 2**30, 3)
-    no_ckpt = memory_estimate(get_size("125M"), architecture="gpt2")
-    assert no_ckpt["activations_bytes"] == no_ckpt["activations_without_checkpointing_bytes"]
-    assert no_ckpt["batch"] == 16 and no_ckpt["seq_len"] == 2048
+    assert activation_bytes(size, **shape, checkpointing=True) < activation_bytes(size, **shape, checkpointing=False)
     with pytest.raises(ValueError, match="precision"):
-        memory_estimate(size, precision="int8")
+        activation_bytes(size, **{**shape, "precision": "int8"}, checkpointing=False)
 
 
 def test_sizes_module_does_not_import_torch():

@@ -6,7 +6,8 @@ own process group (local) and the whole group is killed on cancel; a Slurm job i
 
 Messages travel through a file in the job's run directory (on the shared filesystem on a
 cluster); the Pipes context through the environment. Only global rank 0 writes messages
-(`exp1_assets.runtime`). A rank that fails leaves its traceback in `errors/rank<N>.txt`, which
+(`exp1_assets.runtime`); a Slurm job that requeues itself opens and closes Pipes once per run,
+appending to the same file. A rank that fails leaves its traceback in `errors/rank<N>.txt`, which
 becomes the Dagster failure's description.
 
 The backends, the follow loop and the failure analysis are plain Python in `exp1_assets.launch`;
@@ -22,7 +23,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from dagster import (
     AssetExecutionContext,
@@ -36,12 +37,17 @@ from dagster import (
 )
 from pydantic import Field
 
-from exp1_assets.defs.pipes_reader import WholeLineFileMessageReader
-from exp1_assets.launch.accelerate import accelerate_args, cpu_threads_per_process, free_port, visible_gpus
+from exp1_assets.defs.config_overlay import library_default
+from exp1_assets.defs.pipes_reader import RequeueTolerantMessageReader
+from exp1_assets.launch.accelerate import (
+    accelerate_args, cpu_threads_per_process, free_port, gpu_memory_gib, host_memory_gib, visible_gpus,
+)
 from exp1_assets.launch.errors import LaunchError
+from exp1_assets.runtime import preempted_marker
 from exp1_assets.launch.follow import JobHandle, follow
 from exp1_assets.launch.local import LocalJob
 from exp1_assets.launch.slurm import SbatchRequest, SlurmJob, render_sbatch
+from exp1_assets.training.memory_plan import Machine
 
 
 class JobLauncher(ConfigurableResource):
@@ -64,8 +70,21 @@ class JobLauncher(ConfigurableResource):
     partition: Optional[str] = Field(default=None, description="slurm: --partition")
     account: Optional[str] = Field(default=None, description="slurm: --account")
     time_limit: Optional[str] = Field(default=None, description="slurm: --time, e.g. 2-00:00:00")
+    warning_lead_s: Optional[int] = Field(
+        default=None,
+        description="slurm: seconds before the time limit at which training saves a checkpoint and stops, to "
+                    "resume in the next attempt (SIGUSR1; Slurm may send it up to 60 s earlier) "
+                    f"(unset: {library_default(SbatchRequest, 'warning_lead_s')})")
+    requeue: Optional[bool] = Field(
+        default=None,
+        description="slurm: a job stopped that way, or preempted by the cluster, is requeued and resumes under "
+                    "the same job id; false: it fails with exit code 75 and the asset's retry resumes it "
+                    f"(unset: {str(library_default(SbatchRequest, 'requeue')).lower()})")
     extra_sbatch_lines: list[str] = Field(default_factory=list, description="slurm: more '--option' lines")
     setup_script: Optional[str] = Field(default=None, description="slurm: shell lines run before launch (module load, venv)")
+    device_memory_gib: Optional[float] = Field(
+        default=None, description="Memory per device (GPU, or per CPU rank) for the memory plan "
+                                  "(unset: nvidia-smi or RAM / ranks here; Slurm GPU nodes must set it to be planned)")
     shared_dir: Optional[str] = Field(
         default=None, description="slurm: where scripts, job logs and Pipes messages go (unset: the run dir)")
 
@@ -73,6 +92,27 @@ class JobLauncher(ConfigurableResource):
         if self.num_processes is not None:
             return self.num_processes
         return visible_gpus() or 1
+
+    def machine(self, *, num_processes: int | None = None) -> Machine | None:
+        """What a job would train on, for the memory plan (None: memory unknown, e.g. Slurm GPUs unset).
+
+        Devices are the ranks the job gets. Memory per device: `device_memory_gib` if set, else the
+        local GPUs' (nvidia-smi), else, for CPU ranks, this machine's RAM shared among its ranks.
+        """
+        if self.backend == "slurm":
+            per_node = num_processes or self.num_processes or self.gpus_per_node or 1
+            devices = per_node * (1 if num_processes == 1 else self.nodes)
+            kind = "gpu" if self.gpus_per_node else "cpu"
+            memory = self.device_memory_gib
+            if memory is None and kind == "cpu":
+                memory = host_memory_gib() / per_node  # the local test cluster: nodes on this machine
+        else:
+            per_node = devices = num_processes or self.processes_per_machine()
+            kind = "gpu" if visible_gpus() else "cpu"
+            memory = self.device_memory_gib or (gpu_memory_gib() if kind == "gpu" else host_memory_gib() / devices)
+        if memory is None:
+            return None
+        return Machine(devices=devices, device_memory_gib=memory, kind=kind)
 
     def run(
         self,
@@ -142,7 +182,7 @@ class JobLauncher(ConfigurableResource):
         request = self.sbatch_request(
             job_name="-".join(x for x in ("exp1", module.rsplit(".", 1)[-1], partition_key) if x),
             module=module, spec_path=spec_path, log_path=shared / f"slurm-{tag}-%j.log",
-            num_processes=num_processes,
+            num_processes=num_processes, run_dir=run_dir,
         )
         script = render_sbatch(request)
         script_path = shared / f"slurm-{tag}.sbatch"
@@ -160,9 +200,17 @@ class JobLauncher(ConfigurableResource):
         return list(session.get_results())
 
     def sbatch_request(
-        self, *, job_name: str, module: str, spec_path: Path, log_path: Path, num_processes: int | None = None
+        self, *, job_name: str, module: str, spec_path: Path, log_path: Path, num_processes: int | None = None,
+        run_dir: Path | None = None,
     ) -> SbatchRequest:
-        """This launcher's Slurm settings as a request (`render_sbatch` turns it into the script)."""
+        """This launcher's Slurm settings as a request (`render_sbatch` turns it into the script).
+
+        `run_dir` is where the ranks leave their preempted marker (without it the script does not
+        act on a stop at the warning signal).
+        """
+        # Unset fields keep the library's defaults.
+        preemption: dict[str, Any] = {k: v for k, v in (("warning_lead_s", self.warning_lead_s),
+                                                        ("requeue", self.requeue)) if v is not None}
         return SbatchRequest(
             job_name=job_name, module=module, spec_path=str(spec_path), log_path=str(log_path),
             python=self.python or sys.executable,
@@ -174,6 +222,7 @@ class JobLauncher(ConfigurableResource):
             time_limit=self.time_limit, extra_sbatch_lines=tuple(self.extra_sbatch_lines),
             setup_script=self.setup_script, mixed_precision=self.mixed_precision,
             accelerate_config_file=self.accelerate_config_file,
+            preempted_marker=str(preempted_marker(run_dir)) if run_dir is not None else None, **preemption,
         )
 
     @contextlib.contextmanager
@@ -184,7 +233,7 @@ class JobLauncher(ConfigurableResource):
         with open_pipes_session(
             context=context,
             context_injector=PipesEnvContextInjector(),
-            message_reader=WholeLineFileMessageReader(str(messages)),
+            message_reader=RequeueTolerantMessageReader(str(messages)),
         ) as session:
             env = {**os.environ, **self.extra_env, **session.get_bootstrap_env_vars(),
                    "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}

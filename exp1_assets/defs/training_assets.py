@@ -35,6 +35,7 @@ from exp1_assets.defs.partitions import size_partitions
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.settings import Settings
 from exp1_assets.training.model import Architecture, AttentionImplementation
+from exp1_assets.training.planned_spec import PlanRequest, StrategyChoice
 from exp1_assets.training.spec import DebugSpec, Precision, ReportTo, TrainSpec, WandbMode
 
 TRAIN_MODULE = "exp1_assets.training.train"
@@ -47,7 +48,8 @@ class TrainDebugConfig(Config):
     hang_on_rank: Optional[int] = Field(default=None, description="Hang when training begins on this rank")
     kill_during_save_at_step: Optional[int] = Field(
         default=None, description="Cut this step's checkpoint short, then SIGKILL the job (once per run dir)")
-    rank_hashes: Optional[bool] = Field(default=None, description="Every rank writes its final parameters")
+    min_step_s: Optional[float] = Field(default=None, description="Pad every optimizer step to at least this long")
+    rank_params: Optional[bool] = Field(default=None, description="Every rank writes its final parameters")
 
 
 class TrainConfig(Config):
@@ -79,14 +81,27 @@ class TrainConfig(Config):
     wandb_mode: WandbMode = Field(default=library_default(TrainSpec, "wandb_mode"),
                                   description="W&B mode (offline: files under the run dir, `wandb sync` later)")
     num_processes: Optional[int] = Field(default=None, description="Ranks per machine (unset: the launcher's)")
+    strategy: StrategyChoice = Field(
+        default=library_default(PlanRequest, "strategy"),
+        description="auto: the memory plan's cheapest fit (ddp, fsdp_grad_op = FSDP2 ZeRO-2 like, fsdp_full = "
+                    "ZeRO-3 like); or force one")
+    plan_devices: Optional[int] = Field(
+        default=None, description="Plan for this many devices instead of the launcher's ranks (see the plan's metadata)")
+    plan_device_memory_gib: Optional[float] = Field(
+        default=None, description="Plan for this much memory per device instead of the launcher's machine")
     debug: Optional[TrainDebugConfig] = Field(default=None, description="Test-only faults; leave unset")
 
     def spec_overrides(self) -> dict[str, Any]:
         """The spec fields this config sets (num_processes is the launcher's, not the spec's)."""
-        given = given_fields(self, exclude=("num_processes", "debug"))
+        given = given_fields(self, exclude=("num_processes", "debug", "strategy", "plan_devices",
+                                             "plan_device_memory_gib"))
         if self.debug is not None:
             given["debug"] = DebugSpec(**given_fields(self.debug))
         return given
+
+    def plan_request(self) -> PlanRequest:
+        return PlanRequest(strategy=self.strategy, devices=self.plan_devices,
+                           device_memory_gib=self.plan_device_memory_gib)
 
 
 @asset(
@@ -94,7 +109,7 @@ class TrainConfig(Config):
     partitions_def=size_partitions,
     deps=[packed_dataset],
     pool="gpu",
-    code_version=code_version(TRAIN_MODULE, "exp1_assets.training.memory"),
+    code_version=code_version(TRAIN_MODULE, "exp1_assets.training.planned_spec"),
     retry_policy=RetryPolicy(max_retries=Settings.from_environ().train_retries, delay=5, backoff=Backoff.LINEAR),
     check_specs=[
         # Partitioned like the asset, so each size keeps its own result (else the UI shows only the latest size's).
@@ -108,20 +123,30 @@ class TrainConfig(Config):
 def model_checkpoint(
     context: AssetExecutionContext, config: TrainConfig, store: ArtifactStore, launcher: JobLauncher
 ) -> MaterializeResult:
-    from exp1_assets.training.spec import build_train_spec
+    from exp1_assets.training.planned_spec import build_planned_spec
 
     size = context.partition_key
     final = store.path("model_checkpoint", size)
     with store.staging("model_checkpoint", size) as out:
         try:
-            spec = build_train_spec(size=size, overrides=config.spec_overrides(), packed_dir=store.path("packed_dataset"),
-                                    tokenizer_dir=store.path("tokenizer"), output_dir=out, final_dir=final,
-                                    runs_dir=store.run_dir("model_checkpoint", size))
+            spec, plan = build_planned_spec(
+                size=size, overrides=config.spec_overrides(), request=config.plan_request(),
+                detected=launcher.machine(num_processes=config.num_processes),
+                packed_dir=store.path("packed_dataset"), tokenizer_dir=store.path("tokenizer"), output_dir=out,
+                final_dir=final, runs_dir=store.run_dir("model_checkpoint", size))
         except (ValueError, TypeError, FileNotFoundError) as error:
-            # A bad config or a missing upstream fails the same way on every attempt: no retry.
+            # A bad config, a missing upstream or a run that cannot fit fails the same way on every
+            # attempt, and before anything is launched: no retry.
             raise Failure(f"model_checkpoint[{size}]: {error}", allow_retries=False) from error
         spec_path = spec.write(Path(spec.run_dir) / "spec.json")
-        context.log.info(f"training {size} (spec {spec.spec_hash()}), run dir {spec.run_dir}")
+        if plan is None:
+            context.log.warning("no memory plan: the devices' memory is unknown (set the launcher's "
+                                "device_memory_gib or this config's plan_device_memory_gib)")
+        else:
+            context.log.info(f"memory plan on {plan.machine.label}: {plan.strategy}, micro-batch {plan.micro_batch} "
+                             f"x {plan.grad_accum}, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "
+                             f"~{plan.total_gib:g} GiB per device")
+        context.log.info(f"training {size} (spec {spec.spec_hash()}, {spec.strategy}), run dir {spec.run_dir}")
         reported = launcher.run(context, module=TRAIN_MODULE, spec_path=spec_path,
                                 run_dir=Path(spec.run_dir), num_processes=config.num_processes)
         result = json.loads((out / "train_result.json").read_text())
@@ -130,28 +155,17 @@ def model_checkpoint(
         context.log.info(f"removed {len(pruned)} older run dir(s) (keep_run_dirs={store.keep_run_dirs}): "
                          + ", ".join(p.name for p in pruned))
     return _checkpoint_result(result, reported=reported, store=store, size=size,
-                              extra_metadata=_size_metadata(spec.as_published(), result))
+                              extra_metadata=_spec_metadata(spec.as_published(), plan))
 
 
-def _size_metadata(spec: Any, result: dict[str, Any]) -> dict[str, Any]:
-    """The model's exact size for the real vocabulary, and what training it costs in memory."""
-    from transformers import AutoTokenizer
-
-    from exp1_assets.sizes import get_size
-    from exp1_assets.training.memory import memory_estimate
-
-    vocab = len(AutoTokenizer.from_pretrained(spec.tokenizer_path))
-    precision = result.get("precision", "fp32") if result.get("precision") in ("fp32", "bf16", "fp16") else "fp32"
-    memory = memory_estimate(get_size(spec.size), vocab_size=vocab, architecture=spec.architecture,
-                             batch=spec.per_device_batch, seq_len=spec.max_length, precision=precision)
-    gib = {k[:-4]: v for k, v in memory.items() if k.endswith("_gib")}
-    return {
-        "vocab_size": vocab,
-        "architecture": spec.architecture,
-        "memory_estimate_gib": MetadataValue.json(gib),
-        "memory_total_gib": float(memory["total_gib"]),
-        "train_spec": MetadataValue.json(spec.to_dict()),
-    }
+def _spec_metadata(spec: Any, plan: Any) -> dict[str, Any]:
+    """How the run was set up: its spec, and the memory plan it followed (strategy, GiB per device by part)."""
+    metadata: dict[str, Any] = {"architecture": spec.architecture, "strategy": spec.strategy,
+                                "train_spec": MetadataValue.json(spec.to_dict())}
+    if plan is not None:
+        metadata["memory_plan"] = MetadataValue.json(plan.to_dict())
+        metadata["memory_per_device_gib"] = plan.total_gib
+    return metadata
 
 
 def _checkpoint_result(result: dict[str, Any], *, reported: list[Any], store: ArtifactStore,

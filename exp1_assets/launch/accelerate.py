@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 from typing import Literal
 
@@ -71,3 +73,24 @@ def visible_gpus() -> int:
     if devices is not None:
         return len([d for d in devices.split(",") if d.strip() and d.strip() != "-1"])
     return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+def gpu_memory_gib() -> float | None:
+    """Memory of the smallest visible GPU, from `nvidia-smi` (None: no GPU or no nvidia-smi).
+
+    Read without torch: the Dagster code server plans runs and must stay light.
+    """
+    if visible_gpus() == 0 or shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    mib = [float(line) for line in out.split() if line.strip().replace(".", "", 1).isdigit()]
+    return min(mib) / 1024 if mib else None
+
+
+def host_memory_gib() -> float:
+    """This machine's RAM, GiB (what CPU ranks share)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30

@@ -1,9 +1,9 @@
 """What can go wrong launching a job, and whether trying again can help.
 
 Every error carries a human description (the first failing rank's traceback where there is one),
-plain metadata values and `retryable`. A killed or stalled job is worth a retry: a training job
-resumes from its latest checkpoint. A job that rejected its own spec, an sbatch rejection or an
-unknown backend fail the same way every time: retrying only burns the queue.
+plain metadata values and `retryable`. A killed, stalled or preempted job is worth a retry: a
+training job resumes from its latest checkpoint. A job that rejected its own spec, an sbatch
+rejection or an unknown backend fail the same way every time: retrying only burns the queue.
 
 Not dataclasses on purpose: `contextlib.contextmanager` sets `__traceback__` on the exceptions
 that pass through it, which a frozen dataclass refuses.
@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 PlainValue = str | int
-
 
 class LaunchError(Exception):
     """Base of the launch errors: a description, plain metadata and whether a retry can help.
@@ -47,6 +46,15 @@ class JobFailed(LaunchError):
         })
         self.exit_code = exit_code
         self.failed_ranks = failed_ranks
+        self.log_tail = log_tail
+
+
+class JobPreempted(LaunchError):
+    """The job stopped at a checkpoint when warned of its time limit or of preemption: resume it."""
+
+    def __init__(self, description: str, *, exit_code: int, log_tail: str) -> None:
+        super().__init__(description, retryable=True, metadata={"exit_code": exit_code, "log_tail": log_tail})
+        self.exit_code = exit_code
         self.log_tail = log_tail
 
 

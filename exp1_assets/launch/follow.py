@@ -4,7 +4,8 @@ Both backends (`local.LocalJob`, `slurm.SlurmJob`) implement `JobHandle`. `follo
 the job and stops it on a stall or on any interruption (a run terminated from the UI, SIGINT to
 the CLI): no orphaned ranks. A non-zero exit becomes `JobFailed` whose description is the root
 cause: the first failing rank's own traceback (from `<run_dir>/errors/rank<N>.txt`), else the
-tail of the job's log.
+tail of the job's log; the "preempted, resume me" exit code becomes `JobPreempted` (retryable).
+A job that the scheduler requeues stays one job: its handle reports it as still running.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from exp1_assets.launch.errors import JobFailed, JobStalled
+from exp1_assets.launch.errors import JobFailed, JobPreempted, JobStalled
+from exp1_assets.runtime import PREEMPTED_EXIT_CODE
 
 # A failing rank whose exception is one of these rejected its own input (spec, paths, config):
 # it fails the same way every time, so a retry cannot help.
@@ -39,7 +41,7 @@ class JobHandle(Protocol):
 def follow(
     job: JobHandle, *, messages: Path, run_dir: Path, stall_timeout_s: float | None, poll_interval_s: float
 ) -> None:
-    """Wait for `job`; stop it on a stall or any BaseException; raise `JobFailed` on a non-zero exit.
+    """Wait for `job`; stop it on a stall or any BaseException; raise `job_failure` on a non-zero exit.
 
     Progress is the job's output or its Pipes message file (`messages`) changing; with
     `stall_timeout_s=None` a silent job is waited for forever.
@@ -68,8 +70,18 @@ def follow(
         raise job_failure(job=job, code=code, run_dir=run_dir)
 
 
-def job_failure(*, job: JobHandle, code: int, run_dir: Path) -> JobFailed:
-    """The real error: the root-cause rank's traceback, else the tail of the job's log."""
+def job_failure(*, job: JobHandle, code: int, run_dir: Path) -> JobFailed | JobPreempted:
+    """The real error: the root-cause rank's traceback, else the tail of the job's log.
+
+    A job that exited with `PREEMPTED_EXIT_CODE` did not fail: it stopped at a complete checkpoint
+    when warned (time limit, preemption), and the next attempt resumes from there. Checked first:
+    error files left by an earlier run of a requeued job say nothing about this one.
+    """
+    if code == PREEMPTED_EXIT_CODE:
+        return JobPreempted(
+            f"{job.describe()} stopped at a checkpoint when warned of its time limit or of preemption "
+            f"(exit code {code}: preempted, resume me); the next attempt resumes from that checkpoint",
+            exit_code=code, log_tail=job.log_tail())
     rank_errors = sorted((run_dir / "errors").glob("rank*.txt"), key=root_cause_first)
     tail = job.log_tail()
     headline = ""

@@ -6,6 +6,21 @@ implements the same `JobHandle` protocol (`follow.py`) as a local process group.
 
 Nothing secret is ever written to the script: the Dagster Pipes context, `extra_env` and the
 caller's environment reach the job through sbatch's `--export=ALL`.
+
+Time limits and preemption: `--signal=USR1@<warning_lead_s>` makes Slurm send SIGUSR1 to every
+process of the job's step that long before the time limit (Slurm's manual: up to 60 s earlier;
+seen on the test cluster: at the first tick of slurmctld's 30 s timer from 30 s before that), and
+at preemption where the cluster sets `PreemptParameters=send_user_signal`. Not `B:`: that signals
+the batch shell alone, whose trap runs only once srun returns (unless srun is put in the
+background) and could only forward the signal to the same step processes. `accelerate launch`
+and torchrun's agent die of an unhandled SIGUSR1 (seen: the agents gone, their ranks orphaned),
+so the node command ignores it before exec'ing them: an ignored signal stays ignored across exec,
+and the training ranks install their own handler (training/preemption.py). They save a
+checkpoint at the same step, stop, leave `runtime.preempted_marker(run_dir)` and exit non-zero.
+The script then requeues the job (`scontrol requeue`: same job id, same log; Slurm runs it again
+>= 121 s later, and it resumes from that checkpoint) or, with requeue off or refused, exits with
+`PREEMPTED_EXIT_CODE` for the launcher's retry. `SlurmJob` follows a requeued job through PENDING
+back to RUNNING as one job.
 """
 
 from __future__ import annotations
@@ -21,11 +36,17 @@ from pathlib import Path
 
 from exp1_assets.launch.accelerate import MIXED_PRECISIONS, MixedPrecision, accelerate_args
 from exp1_assets.launch.errors import BackendUnavailable, SchedulerUnreachable, SubmitFailed
+from exp1_assets.runtime import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNAL
 
 # Job states in which the job (or its cleanup) is still going on; anything else is final.
 ACTIVE_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
     "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+})
+# Active states in which the job waits (for resources, or to run again after a requeue): silence
+# then is not a stall, and a job seen RUNNING before that was requeued.
+WAITING_STATES = frozenset({
+    "PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "RESV_DEL_HOLD",
 })
 _TIME_LIMIT = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, H:M:S, D-H, D-H:M:S, ...
 _COMMAND_TIMEOUT_S = 60.0
@@ -67,6 +88,16 @@ class SbatchRequest:
     """accelerate's --mixed_precision."""
     accelerate_config_file: str | None = None
     """An accelerate config file passed to every node's launch."""
+    warning_lead_s: int | None = 300
+    """Seconds before the time limit at which the ranks get SIGUSR1 and stop at a checkpoint (sbatch
+    --signal; Slurm may send it up to 60 s earlier); None = no warning. The default leaves a large
+    model's checkpoint time to reach a parallel filesystem."""
+    requeue: bool = True
+    """sbatch --requeue, and after a stop at the warning the job requeues itself (same job id) to
+    resume; False = --no-requeue, and the job exits with PREEMPTED_EXIT_CODE for the launcher's retry."""
+    preempted_marker: str | None = None
+    """The file the ranks leave after such a stop (`runtime.preempted_marker(run_dir)`); None = the
+    script does not look for one, and a stop ends the job like a crash (a retry still resumes)."""
 
     def __post_init__(self) -> None:
         for name in ("job_name", "module", "spec_path", "log_path", "python"):
@@ -81,6 +112,14 @@ class SbatchRequest:
             raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not one of {MIXED_PRECISIONS}")
         if self.time_limit is not None and not _TIME_LIMIT.match(self.time_limit):
             raise ValueError(f"time_limit: {self.time_limit!r} is not a Slurm time (e.g. 90, 12:00:00, 2-00:00:00)")
+        if self.warning_lead_s is not None:
+            if not 1 <= self.warning_lead_s <= 65535:  # sbatch's range for the signal time
+                raise ValueError(f"warning_lead_s: {self.warning_lead_s} is not between 1 and 65535 seconds")
+            if self.time_limit is not None and self.warning_lead_s >= time_limit_s(self.time_limit):
+                raise ValueError(f"warning_lead_s: {self.warning_lead_s} s is not shorter than time_limit "
+                                 f"{self.time_limit!r} ({time_limit_s(self.time_limit)} s)")
+        if self.preempted_marker is not None and not self.preempted_marker.strip():
+            raise ValueError("preempted_marker: must not be empty (None: no marker)")
         for line in self.extra_sbatch_lines:
             if "\n" in line or not line.strip().startswith(("#SBATCH", "--")):
                 raise ValueError(f"extra_sbatch_lines: {line!r} is not one '--option' or '#SBATCH --option' line")
@@ -88,6 +127,29 @@ class SbatchRequest:
     @property
     def num_processes(self) -> int:
         return self.nodes * self.processes_per_node
+
+    @property
+    def handles_preemption(self) -> bool:
+        """Whether the script asks for the warning and acts on the ranks' stop."""
+        return self.warning_lead_s is not None and self.preempted_marker is not None
+
+
+def time_limit_s(text: str) -> int:
+    """Seconds in a Slurm time: minutes, M:S, H:M:S, D-H, D-H:M or D-H:M:S (sbatch --time).
+
+    >>> [time_limit_s(t) for t in ("90", "1:30", "12:00:00", "1-2", "1-2:30", "2-00:00:00")]
+    [5400, 90, 43200, 93600, 95400, 172800]
+    """
+    if not _TIME_LIMIT.match(text):
+        raise ValueError(f"time_limit: {text!r} is not a Slurm time (e.g. 90, 12:00:00, 2-00:00:00)")
+    days, _, clock = text.rpartition("-")
+    parts = [int(x) for x in clock.split(":")]
+    if days:  # after "D-" the clock starts with hours
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if len(parts) == 3:
+        return (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)  # minutes[:seconds]
 
 
 def render_sbatch(request: SbatchRequest) -> str:
@@ -108,6 +170,8 @@ def render_sbatch(request: SbatchRequest) -> str:
         f"--partition={r.partition}" if r.partition else "",
         f"--account={r.account}" if r.account else "",
         f"--time={r.time_limit}" if r.time_limit else "",
+        f"--signal={PREEMPTION_SIGNAL}@{r.warning_lead_s}" if r.handles_preemption else "",
+        "--requeue" if r.requeue else "--no-requeue",
         f"--output={r.log_path}",  # stdout and stderr of every node, in one file on the shared fs
         "--open-mode=append",
         "--export=ALL",  # the Pipes context and secrets travel in the environment, not in this file
@@ -126,13 +190,40 @@ def render_sbatch(request: SbatchRequest) -> str:
         "fi",
         f"MAIN_PORT=$({shlex.quote(r.python)} -c {shlex.quote(_FREE_PORT_CODE)})",
         "export MAIN_HOST MAIN_PORT",
-        'echo "exp1: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, rendezvous $MAIN_HOST:$MAIN_PORT" >&2',
+        'echo "exp1: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, '
+        'rendezvous $MAIN_HOST:$MAIN_PORT" >&2',
         "",
+    ]
+    srun = [
         "# --kill-on-bad-exit: a failed node stops the others instead of leaving them in a collective.",
         f"srun {' '.join(_srun_flags(r))} \\",
         f"  bash -c {shlex.quote(_node_command(r))}",
-        "",
     ]
+    if not r.handles_preemption:
+        return "\n".join(lines + srun + [""])
+    assert r.preempted_marker is not None  # handles_preemption
+    lines += [
+        f"# {r.warning_lead_s} s before the time limit Slurm sends SIG{PREEMPTION_SIGNAL} to every process "
+        "of the step:",
+        "# the launcher and torchrun's agent ignore it (trap), the training ranks save a checkpoint,",
+        "# stop and leave this file; the job then resumes from that checkpoint.",
+        f"PREEMPTED={shlex.quote(r.preempted_marker)}",
+        'rm -f "$PREEMPTED"  # an earlier run\'s; this run\'s ranks leave their own',
+        "status=0",
+    ]
+    srun[-1] += " || status=$?"
+    lines += srun
+    lines += ['if [ "$status" -ne 0 ] && [ -e "$PREEMPTED" ]; then']
+    if r.requeue:
+        lines += [
+            '  echo "exp1: job $SLURM_JOB_ID $(cat "$PREEMPTED"); requeueing it to resume there" >&2',
+            '  scontrol requeue "$SLURM_JOB_ID" && exit 0',
+            f'  echo "exp1: requeue refused; exit {PREEMPTED_EXIT_CODE} (preempted): a retry resumes there" >&2',
+        ]
+    else:
+        lines += [f'  echo "exp1: job $SLURM_JOB_ID $(cat "$PREEMPTED"); exit {PREEMPTED_EXIT_CODE} (preempted): '
+                  'a retry resumes there" >&2']
+    lines += [f"  exit {PREEMPTED_EXIT_CODE}", "fi", 'exit "$status"', ""]
     return "\n".join(lines)
 
 
@@ -166,7 +257,11 @@ def _node_command(r: SbatchRequest) -> str:
     # The node's allotted cores (nproc follows Slurm's affinity) shared among its ranks.
     per_node = max(1, r.processes_per_node)
     threads = f"THREADS=$(( $(nproc) / {per_node} )); [ \"$THREADS\" -ge 1 ] || THREADS=1; "
-    return threads + "exec " + " ".join(f'"{a}"' if re.fullmatch(r"\$[A-Z_]+", a) else shlex.quote(a) for a in cmd)
+    # Ignored before exec: the launcher and torchrun's agent inherit it (unhandled, it kills them);
+    # the ranks inherit it too, until they install their own handler.
+    ignore = f'trap "" {PREEMPTION_SIGNAL}; ' if r.handles_preemption else ""
+    quoted = " ".join(f'"{a}"' if re.fullmatch(r"\$[A-Z_]+", a) else shlex.quote(a) for a in cmd)
+    return ignore + threads + "exec " + quoted
 
 
 class SlurmJob:
@@ -180,6 +275,8 @@ class SlurmJob:
         self._log_offset = 0
         self._tail: collections.deque[str] = collections.deque(maxlen=200)
         self._query_failures = 0
+        self._has_run = False
+        self._last_waiting = 0.0  # when the job was last seen waiting (queued, requeued)
 
     @classmethod
     def submit(cls, *, script_path: Path, log_path_template: str, env: dict[str, str]) -> "SlurmJob":
@@ -195,9 +292,10 @@ class SlurmJob:
     def poll(self) -> int | None:
         """None while the job is queued, running or cleaning up; then its exit code (0 = COMPLETED)."""
         self._pump_log()
-        queued = _slurm(["squeue", "-h", "-j", self.job_id, "-o", "%T"])
-        if queued.returncode == 0 and queued.stdout.strip() in ACTIVE_STATES:
-            self.state = queued.stdout.strip()
+        queued = _slurm(["squeue", "-h", "-j", self.job_id, "-o", "%T %r"])
+        state, _, reason = queued.stdout.strip().partition(" ")
+        if queued.returncode == 0 and state in ACTIVE_STATES:
+            self._observe(state, reason)
             return None
         shown = _slurm(["scontrol", "show", "job", "-o", self.job_id])
         if shown.returncode != 0:
@@ -206,12 +304,23 @@ class SlurmJob:
                 return 1
             return self._transient(shown.stderr)
         fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
-        self.state = fields.get("JobState", "UNKNOWN")
+        self._observe(fields.get("JobState", "UNKNOWN"), fields.get("Reason", ""))
         self.exit_code = fields.get("ExitCode", "")
         if self.state in ACTIVE_STATES:
             return None
         self._pump_log()  # the last lines (a traceback) before the launcher reports
         return _exit_status(self.state, self.exit_code)
+
+    def _observe(self, state: str, reason: str) -> None:
+        """Record the job's state; a job that ran and waits again was requeued (same id, same log)."""
+        if state in WAITING_STATES:
+            self._last_waiting = time.time()
+            if self._has_run and state != self.state:
+                print(f"exp1: Slurm job {self.job_id} was requeued ({state}, {reason or 'no reason given'}); "
+                      "it resumes from its latest checkpoint when it runs again", file=sys.stderr)
+        elif state == "RUNNING":
+            self._has_run = True
+        self.state = state
 
     def _transient(self, error: str) -> int | None:
         """slurmctld busy or restarting: keep polling, but not forever."""
@@ -244,12 +353,14 @@ class SlurmJob:
         return "".join(self._tail)
 
     def last_output_time(self) -> float:
-        if self.state == "PENDING":  # waiting in the queue is not a stall
+        if self.state in WAITING_STATES:  # waiting in the queue, or to run again, is not a stall
             return time.time()
         try:
-            return self.log_path.stat().st_mtime
+            written = self.log_path.stat().st_mtime
         except FileNotFoundError:
-            return 0.0
+            written = 0.0
+        # A requeued job's log is as old as its last run: count its silence from when it started again.
+        return max(written, self._last_waiting)
 
     def _pump_log(self) -> None:
         """Copy new lines of the job's log to stderr (the step's compute logs) and the tail."""

@@ -66,6 +66,12 @@ class ManifestCallback(TrainerCallback):
                 control: TrainerControl, **kwargs: Any) -> None:
         from exp1_assets.training.integrity import write_manifest
 
+        import torch.distributed as dist
+
+        # Every rank writes its own files (its RNG state; with FSDP its shards): wait for all of
+        # them, or the manifest could record a file that another rank is still writing.
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
             write_manifest(folder)
@@ -85,3 +91,22 @@ class InitialLossCallback(TrainerCallback):
         if state.global_step == 0 and state.is_world_process_zero and metrics and not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps({"eval_loss": float(metrics["eval_loss"])}))
+
+
+class TrainingAlreadyDone(Exception):
+    """Raised from `on_train_begin` when the resumed checkpoint is already at the planned step."""
+
+
+class PlannedStepGuard(TrainerCallback):
+    """Resuming from the last planned step's checkpoint must not train again.
+
+    A run killed after its final checkpoint but before it wrote the model resumes at
+    `global_step == max_steps`, and the Trainer's loop then takes one more optimizer step before
+    it checks the limit (seen: "steps": 13 of 12, a checkpoint-13). By `on_train_begin` the weights,
+    optimizer and state are restored, so stopping there leaves the trained model in place.
+    """
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, **kwargs: Any) -> None:
+        if state.max_steps and state.global_step >= state.max_steps:
+            raise TrainingAlreadyDone(f"resumed at step {state.global_step} of {state.max_steps}")

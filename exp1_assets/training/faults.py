@@ -2,7 +2,8 @@
 
 The suite proves the launcher's failure paths with real faults inside a real job: a rank that
 raises (its own error must reach Dagster), a rank that hangs (the stall timeout must stop the
-job), a kill in the middle of writing a checkpoint (the retry must skip the damaged one). The
+job), a kill in the middle of writing a checkpoint (the retry must skip the damaged one), steps
+padded to a minimum length (a run must outlast a Slurm time limit however fast the machine). The
 callback is installed only when the spec asks for a fault; a production run never has it.
 """
 
@@ -25,6 +26,17 @@ class FaultInjectionCallback(TrainerCallback):
 
     def __init__(self, debug: DebugSpec) -> None:
         self.debug = debug
+        self.step_started = time.monotonic()
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState,
+                      control: TrainerControl, **kwargs: Any) -> None:
+        self.step_started = time.monotonic()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: Any) -> None:
+        """Pad the step to `min_step_s`: a run then lasts at least steps x min_step_s on any machine."""
+        if self.debug.min_step_s is not None:
+            time.sleep(max(0.0, self.debug.min_step_s - (time.monotonic() - self.step_started)))
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kwargs: Any) -> None:

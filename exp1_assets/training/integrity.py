@@ -26,7 +26,7 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit: a larger header means 
 
 
 def write_manifest(folder: str | Path) -> Path:
-    """Record size and sha256 of every regular file in `folder` (written last, atomically).
+    """Record size and sha256 of every regular file under `folder` (written last, atomically).
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("hi")
@@ -36,8 +36,9 @@ def write_manifest(folder: str | Path) -> Path:
     True
     """
     folder = Path(folder)
-    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
+    # Recursive: a sharded (FSDP) checkpoint keeps each rank's shards in subfolders.
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (MANIFEST_NAME, f".{MANIFEST_NAME}.tmp")}
     manifest = folder / MANIFEST_NAME
     tmp = folder / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))

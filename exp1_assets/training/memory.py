@@ -1,14 +1,14 @@
-"""What a model size costs: its exact parameter count and a per-device training memory estimate.
+"""What a model size costs: its exact parameter count and its activation bytes (training/memory_plan.py adds the rest).
 
 Kept apart from the size registry (`exp1_assets.sizes`, pure data) because counting parameters
 builds the model (on torch's `meta` device: no memory), and the model code imports the registry.
 torch and transformers are imported inside the functions (as in training/model.py): the Dagster
-code server imports this module when it reports a checkpoint's memory estimate.
+code server imports this module when it plans a run.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from exp1_assets.sizes import DEFAULT_ARCHITECTURE, GPT2_VOCAB_SIZE, ModelSize
 from exp1_assets.training.model import build_model
@@ -56,47 +56,3 @@ def activation_bytes(size: ModelSize, *, batch: int, seq_len: int, vocab_size: i
         return int(size.layers * tokens * size.hidden * PRECISION_BYTES[precision] + per_layer + logits)
     return int(size.layers * per_layer + logits)
 
-
-def memory_estimate(
-    size: ModelSize,
-    *,
-    vocab_size: int = GPT2_VOCAB_SIZE,
-    architecture: str = DEFAULT_ARCHITECTURE,
-    batch: int | None = None,
-    seq_len: int | None = None,
-    precision: Precision = "bf16",
-) -> dict[str, Any]:
-    """Rough per-device training memory for AdamW under HF Trainer mixed precision.
-
-    Trainer keeps fp32 master weights and fp32 grads even with bf16/fp16 (autocast), plus two fp32
-    AdamW moments: 16 bytes per parameter. Activations follow Korthikanti et al. (2022) for a fused
-    attention kernel (no s x s score matrix stored): ~34*b*s*h activation bytes per layer at 16 bit,
-    plus the fp32 logits and their gradient (2 * b*s*V*4). With gradient checkpointing only each
-    layer's input (b*s*h) is kept, plus one layer's full activations during recompute.
-    Order-of-magnitude guidance, not a promise (allocator overhead, CUDA context not included).
-    """
-    batch = size.per_device_batch if batch is None else batch
-    seq_len = size.max_length if seq_len is None else seq_len
-    params = param_count(size, vocab_size=vocab_size, architecture=architecture)
-    shape = dict(batch=batch, seq_len=seq_len, vocab_size=vocab_size, precision=precision)
-    activations_full = activation_bytes(size, **shape, checkpointing=False)
-    activations_ckpt = activation_bytes(size, **shape, checkpointing=True)
-    parts = {
-        "weights": params * 4,
-        "grads": params * 4,
-        "adamw_states": params * 8,
-    }
-    static = sum(parts.values())
-    activations = activations_ckpt if size.gradient_checkpointing else activations_full
-    result: dict[str, Any] = {
-        "params": params, "batch": batch, "seq_len": seq_len, "precision": precision,
-        "gradient_checkpointing": size.gradient_checkpointing,
-        **{f"{k}_bytes": int(v) for k, v in parts.items()},
-        "activations_bytes": int(activations),
-        "activations_without_checkpointing_bytes": int(activations_full),
-        "activations_with_checkpointing_bytes": int(activations_ckpt),
-        "total_bytes": int(static + activations),
-    }
-    for key in [k for k in result if k.endswith("_bytes")]:
-        result[key.replace("_bytes", "_gib")] = round(result[key] / 2**30, 3)
-    return result

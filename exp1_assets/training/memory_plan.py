@@ -29,12 +29,14 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from exp1_assets.sizes import DEFAULT_ARCHITECTURE, GPT2_VOCAB_SIZE, SIZES, ModelSize, get_size
 from exp1_assets.training.memory import PRECISION_BYTES, Precision, activation_bytes, param_count
 
 Strategy = Literal["ddp", "fsdp_grad_op", "fsdp_full"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+DeviceKind = Literal["gpu", "cpu"]
 GIB = 2**30
 RESERVE_GIB = 1.5  # CUDA context (~0.5-1 GiB) + allocator fragmentation, per device
 OPENHERMES_TOKENS = 0.4e9  # the real OpenHermes-2.5, tokenized, one epoch
@@ -53,8 +55,12 @@ class Machine:
     """Dense bf16 peak per device, TFLOP/s (None: no time estimate)."""
     name: str | None = None
     """How tables name it."""
+    kind: DeviceKind = "gpu"
+    """gpu (bf16 autocast when precision is auto) or cpu (ranks share the host's RAM; fp32)."""
 
     def __post_init__(self) -> None:
+        if self.kind not in ("gpu", "cpu"):
+            raise ValueError(f"kind: {self.kind!r} is not one of ('gpu', 'cpu')")
         if self.devices < 1:
             raise ValueError(f"devices: must be >= 1, got {self.devices}")
         if not self.device_memory_gib > RESERVE_GIB:
@@ -115,23 +121,54 @@ def static_bytes(params: int, *, strategy: Strategy, devices: int, layer_params:
             "optimizer": 8 * params // shards, "compute_weights": compute}
 
 
-def _candidates(size: ModelSize, machine: Machine) -> Iterator[tuple[Strategy, bool, int]]:
+@dataclass(frozen=True)
+class Fixed:
+    """What the user set, so the plan may not choose it (None: the plan chooses)."""
+
+    strategy: Strategy | None = None
+    """Train with this strategy (the plan checks that it fits)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations (True) or not (False)."""
+    micro_batch: int | None = None
+    """Keep this micro-batch (and the accumulation that goes with it)."""
+    effective_batch: int | None = None
+    """Sequences per optimizer step per device (None: the size's)."""
+
+
+def _candidates(size: ModelSize, machine: Machine, fixed: Fixed) -> Iterator[tuple[Strategy, bool, int]]:
     """(strategy, checkpointing, micro-batch), cheapest first (see the module docstring)."""
     strategies: tuple[Strategy, ...] = ("ddp",) if machine.devices == 1 else ("ddp", "fsdp_grad_op", "fsdp_full")
-    micro = size.per_device_batch
-    while micro >= 1:
-        if size.effective_batch % micro == 0:
-            for checkpointing in (False, True):
+    if fixed.strategy is not None:
+        strategies = (fixed.strategy,)
+    checkpointing_options = (False, True) if fixed.gradient_checkpointing is None else (fixed.gradient_checkpointing,)
+    effective = fixed.effective_batch or size.effective_batch
+    micros = [fixed.micro_batch] if fixed.micro_batch is not None else _halvings(size.per_device_batch)
+    for micro in micros:
+        if effective % micro == 0:
+            for checkpointing in checkpointing_options:
                 for strategy in strategies:
                     yield strategy, checkpointing, micro
-        micro //= 2
+
+
+def _halvings(start: int) -> list[int]:
+    """The registry's micro-batch, then halved down to 1 (accumulation doubles each time).
+
+    >>> _halvings(8)
+    [8, 4, 2, 1]
+    """
+    return [start >> i for i in range(start.bit_length()) if start >> i >= 1]
 
 
 def plan_training(size: ModelSize, *, machine: Machine, vocab_size: int = GPT2_VOCAB_SIZE, seq_len: int | None = None,
-                  precision: Precision = "bf16", architecture: str = DEFAULT_ARCHITECTURE) -> MemoryPlan:
-    """The cheapest way to train `size` on `machine` that fits, or a ValueError saying why none does."""
+                  precision: Precision = "bf16", architecture: str = DEFAULT_ARCHITECTURE,
+                  fixed: Fixed = Fixed()) -> MemoryPlan:
+    """The cheapest way to train `size` on `machine` that fits, or a ValueError saying why none does.
+
+    `fixed` holds what the user chose; the plan then only picks the rest (or says it cannot fit).
+    """
     shape = _Shape(size=size, seq_len=size.max_length if seq_len is None else seq_len, precision=precision,
-                   vocab_size=vocab_size, params=param_count(size, vocab_size=vocab_size, architecture=architecture))
+                   vocab_size=vocab_size, params=param_count(size, vocab_size=vocab_size, architecture=architecture),
+                   fixed=fixed)
     plan, smallest_gib = _cheapest_fit(shape, machine)
     if plan is not None:
         return plan
@@ -140,9 +177,17 @@ def plan_training(size: ModelSize, *, machine: Machine, vocab_size: int = GPT2_V
                  and _cheapest_fit(shape, dataclasses.replace(machine, devices=n, name=None))[0] is not None), None)
     hint = (f"use >= {more} such devices (sharded), or devices with more memory" if more
             else "use devices with more memory")
+    if fixed != Fixed():
+        hint += f"; or leave the plan free to choose (fixed here: {_describe(fixed)})"
+    how = (f"with {fixed.strategy}" if fixed.strategy else "fully sharded" if machine.devices > 1 else "with DDP")
+    micro = f"micro-batch {fixed.micro_batch}" if fixed.micro_batch else "micro-batch 1"
+    checkpointing = "no gradient checkpointing" if fixed.gradient_checkpointing is False else "gradient checkpointing"
     raise ValueError(f"{size.name} on {machine.label}: needs ~{smallest_gib + RESERVE_GIB:.1f} GiB per device even "
-                     f"{'fully sharded' if machine.devices > 1 else 'with DDP'}, micro-batch 1 and gradient "
-                     f"checkpointing ({machine.device_memory_gib:g} GiB there); {hint}")
+                     f"{how}, {micro} and {checkpointing} ({machine.device_memory_gib:g} GiB there); {hint}")
+
+
+def _describe(fixed: Fixed) -> str:
+    return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(fixed).items() if v is not None)
 
 
 @dataclass(frozen=True)
@@ -154,6 +199,7 @@ class _Shape:
     precision: Precision
     vocab_size: int
     params: int
+    fixed: Fixed
 
 
 def _cheapest_fit(shape: _Shape, machine: Machine) -> tuple[MemoryPlan | None, float]:
@@ -163,7 +209,7 @@ def _cheapest_fit(shape: _Shape, machine: Machine) -> tuple[MemoryPlan | None, f
     layer = (params - embedding) // size.layers
     usable = machine.device_memory_gib - RESERVE_GIB
     smallest = float("inf")
-    for strategy, checkpointing, micro in _candidates(size, machine):
+    for strategy, checkpointing, micro in _candidates(size, machine, shape.fixed):
         parts = static_bytes(params, strategy=strategy, devices=machine.devices, layer_params=layer,
                              embedding_params=embedding, precision=shape.precision)
         parts["activations"] = activation_bytes(size, batch=micro, seq_len=shape.seq_len, vocab_size=shape.vocab_size,
@@ -172,7 +218,8 @@ def _cheapest_fit(shape: _Shape, machine: Machine) -> tuple[MemoryPlan | None, f
         smallest = min(smallest, sum(gib.values()))
         if sum(parts.values()) / GIB <= usable:
             plan = MemoryPlan(size=size.name, machine=machine, strategy=strategy, gradient_checkpointing=checkpointing,
-                              micro_batch=micro, grad_accum=size.effective_batch // micro,
+                              micro_batch=micro,
+                              grad_accum=(shape.fixed.effective_batch or size.effective_batch) // micro,
                               parts_gib={**gib, "reserve": RESERVE_GIB})
             return plan, smallest
     return None, smallest
@@ -180,17 +227,23 @@ def _cheapest_fit(shape: _Shape, machine: Machine) -> tuple[MemoryPlan | None, f
 
 def epoch_hours(plan: MemoryPlan, *, size: ModelSize, params: int, seq_len: int, tokens: float = OPENHERMES_TOKENS,
                 mfu: float = PLANNED_MFU) -> float | None:
-    """Hours for one epoch of `tokens` at `mfu` of the machine's peak (None without a peak).
-
-    FLOPs per token: 6 P for forward + backward, 12 L h s for attention scores, and one more forward
-    (2 P + 4 L h s) when activations are recomputed.
-    """
+    """Hours for one epoch of `tokens` at `mfu` of the machine's peak (None without a peak)."""
     if plan.machine.peak_tflops is None:
         return None
-    attention = 12 * size.layers * size.hidden * seq_len
-    per_token = 6 * params + attention + ((2 * params + attention / 3) if plan.gradient_checkpointing else 0)
+    per_token = flops_per_token(size, params=params, seq_len=seq_len, checkpointing=plan.gradient_checkpointing)
     seconds = tokens * per_token / (plan.machine.devices * plan.machine.peak_tflops * 1e12 * mfu)
     return seconds / 3600
+
+
+def flops_per_token(size: ModelSize, *, params: int, seq_len: int, checkpointing: bool) -> float:
+    """Training FLOPs per token: 6 P for forward + backward, 12 L h s for the attention scores, and
+    one more forward (2 P + 4 L h s) when activations are recomputed. MFU = achieved / peak.
+
+    >>> flops_per_token(get_size("125M"), params=100, seq_len=1, checkpointing=False) == 600 + 12 * 12 * 768
+    True
+    """
+    attention = 12 * size.layers * size.hidden * seq_len
+    return 6 * params + attention + ((2 * params + attention / 3) if checkpointing else 0)
 
 
 def plan_table(*, vocab_size: int = GPT2_VOCAB_SIZE, architecture: str = DEFAULT_ARCHITECTURE) -> str:

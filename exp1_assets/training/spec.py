@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from exp1_assets.sizes import DEFAULT_ARCHITECTURE, SIZES, get_size
+from exp1_assets.training.memory_plan import STRATEGIES, Strategy
 from exp1_assets.training.model import (
     ARCHITECTURES, ATTENTION_IMPLEMENTATIONS, Architecture, AttentionImplementation,
 )
@@ -57,18 +58,23 @@ class DebugSpec:
     """Sleep forever when training begins on this global rank (stall detection)."""
     kill_during_save_at_step: int | None = None
     """Cut the weights of this step's checkpoint short, then SIGKILL the job (once per run dir)."""
-    rank_hashes: bool = False
-    """Every rank writes its final parameters (and their sha256) under `run_dir/debug`."""
+    min_step_s: float | None = None
+    """Pad every optimizer step to at least this many seconds, so a run outlasts a deadline on any machine."""
+    rank_params: bool = False
+    """Every rank writes its final parameters (its shards under FSDP) under `run_dir/debug`."""
 
     def __post_init__(self) -> None:
         for name in ("fail_on_rank", "hang_on_rank", "kill_during_save_at_step"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"debug.{name}: must be an integer >= 0 or None, got {value!r}")
+        if self.min_step_s is not None and not self.min_step_s > 0:
+            raise ValueError(f"debug.min_step_s: must be positive or None, got {self.min_step_s!r}")
 
     @property
     def injects_faults(self) -> bool:
-        return any(v is not None for v in (self.fail_on_rank, self.hang_on_rank, self.kill_during_save_at_step))
+        return any(v is not None for v in (self.fail_on_rank, self.hang_on_rank, self.kill_during_save_at_step,
+                                           self.min_step_s))
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,11 @@ class TrainSpec:
     """Model family: one of `training.model.ARCHITECTURES`."""
     attn_implementation: AttentionImplementation = "sdpa"
     """sdpa (exact packed mask), eager, or flash_attention_2 (varlen from position_ids; needs flash-attn)."""
+    strategy: Strategy = "ddp"
+    """ddp (every rank holds everything), fsdp_grad_op (FSDP2, gradients and optimizer states sharded,
+    ZeRO-2 like) or fsdp_full (FSDP2, weights too, ZeRO-3 like). Checkpoints of one do not resume another."""
+    compile: bool = False
+    """torch.compile the model (the Trainer's `torch_compile`); bench/RESULTS.md says where it pays."""
     data_version: str | None = None
     """Content hash of packed data + tokenizer; keys the spec hash instead of the paths."""
     warmup_steps: int | None = None
@@ -156,6 +167,7 @@ class TrainSpec:
             raise ValueError(f"size: unknown model size {self.size!r}; valid sizes: {', '.join(SIZES)}")
         _one_of("architecture", self.architecture, ARCHITECTURES)
         _one_of("attn_implementation", self.attn_implementation, ATTENTION_IMPLEMENTATIONS)
+        _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("report_to", self.report_to, REPORT_TO)
         _one_of("wandb_mode", self.wandb_mode, WANDB_MODES)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from exp1_assets.data.blocks import collate_blocks, load_blocks
-from exp1_assets.hashing import directory_digest, params_digest
+from exp1_assets.hashing import directory_digest
 from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors, world_size
 from exp1_assets.sizes import get_size
 from exp1_assets.training.spec import TrainSpec
@@ -75,8 +75,10 @@ def latest_checkpoint(run_dir: str | Path, *, reporter: Reporter | None = None) 
     return None
 
 
-def training_arguments(spec: TrainSpec, *, precision: str, eval_on_start: bool = False):
+def training_arguments(spec: TrainSpec, *, precision: str, layer_classes: list[str], eval_on_start: bool = False):
     from transformers import TrainingArguments
+
+    from exp1_assets.training.sharding import fsdp_arguments
 
     if spec.report_to == "wandb":
         import importlib.util
@@ -110,11 +112,16 @@ def training_arguments(spec: TrainSpec, *, precision: str, eval_on_start: bool =
         adam_beta2=spec.adam_beta2,
         max_grad_norm=spec.max_grad_norm,
         optim="adamw_torch_fused" if fused_adamw_available() else "adamw_torch",
+        torch_compile=spec.compile,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         # transformers 5 name for gradient checkpointing; non-reentrant is the DDP-safe variant.
-        activation_checkpointing=spec.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
+        # Under FSDP it is FSDP's own (fsdp_arguments): the Trainer refuses both at once.
+        activation_checkpointing=spec.gradient_checkpointing and spec.strategy == "ddp",
+        activation_checkpointing_kwargs=({"use_reentrant": False}
+                                         if spec.gradient_checkpointing and spec.strategy == "ddp" else None),
+        **fsdp_arguments(spec.strategy, layer_classes=layer_classes,
+                         gradient_checkpointing=spec.gradient_checkpointing),
         eval_strategy="steps",
         eval_steps=spec.eval_steps,
         prediction_loss_only=True,  # never keep eval logits (vocab x tokens) in memory
@@ -137,8 +144,12 @@ def training_arguments(spec: TrainSpec, *, precision: str, eval_on_start: bool =
 
 # ---- results ----------------------------------------------------------------------------------
 
-def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], reporter: Reporter) -> None:
-    """Rank 0: the self-describing checkpoint + its report (docs/artifacts.md)."""
+def save_final(*, trainer, tokenizer, spec: TrainSpec, weights: dict[str, torch.Tensor], result: dict[str, Any],
+               reporter: Reporter) -> None:
+    """Rank 0: the self-describing checkpoint + its report (docs/artifacts.md).
+
+    `weights` is the whole model's state dict (gathered from the shards under FSDP).
+    """
     from exp1_assets.markdown import png_markdown
     from exp1_assets.training.integrity import write_manifest
     from exp1_assets.training.loss_curve import plot_loss_curve
@@ -150,7 +161,7 @@ def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], r
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # <|im_end|>: stop there
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(output_dir)  # safetensors + config.json + generation_config.json
+    model.save_pretrained(output_dir, state_dict=weights)  # safetensors + config.json + generation_config.json
     tokenizer.save_pretrained(output_dir)  # includes the chat template
     spec.as_published().write(output_dir / "train_spec.json")  # final paths, not the staging dir
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
@@ -166,15 +177,18 @@ def save_final(*, trainer, tokenizer, spec: TrainSpec, result: dict[str, Any], r
 
 
 def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
-    from transformers import AutoTokenizer, PrinterCallback, Trainer
+    from transformers import AutoTokenizer, PrinterCallback
 
     from exp1_assets.training.callbacks import (
-        InitialLossCallback, ManifestCallback, ProgressCallback,
+        InitialLossCallback, ManifestCallback, PlannedStepGuard, ProgressCallback, TrainingAlreadyDone,
     )
     from exp1_assets.training.faults import FaultInjectionCallback
     from exp1_assets.training.model import build_model
+    from exp1_assets.training.preemption import PreemptionCallback
+    from exp1_assets.training.sharding import full_state_dict, sharded_trainer_class
 
     started = time.perf_counter()
+    preemption = PreemptionCallback(run_dir=spec.run_dir, reporter=reporter)  # first: catches a signal while loading
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_path)
     if tokenizer.eos_token_id is None or tokenizer.eos_token_id == tokenizer.pad_token_id:
         raise ValueError(f"{spec.tokenizer_path}: eos ({tokenizer.eos_token!r}) must exist and differ "
@@ -197,20 +211,28 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
     resume_from = latest_checkpoint(spec.run_dir, reporter=reporter)
     before_file = Path(spec.run_dir) / "val_loss_before.json"
     cached_before = resume_from is not None and before_file.is_file()
-    trainer = Trainer(
-        model=model, args=training_arguments(spec, precision=precision, eval_on_start=not cached_before),
+    trainer = sharded_trainer_class()(
+        model=model, args=training_arguments(spec, precision=precision, layer_classes=list(model._no_split_modules),
+                                             eval_on_start=not cached_before),
         train_dataset=train_blocks, eval_dataset=validation_blocks, data_collator=collate_blocks,
         processing_class=tokenizer,  # lets Trainer count non-pad tokens seen
-        callbacks=[progress, ManifestCallback(), InitialLossCallback(before_file)]
+        callbacks=[progress, ManifestCallback(), InitialLossCallback(before_file), PlannedStepGuard(), preemption]
         + ([FaultInjectionCallback(spec.debug)] if spec.debug.injects_faults else []),
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; ProgressCallback reports
     reporter.log(f"training {spec.size}/{spec.architecture}: {param_count:,} params, {len(train_blocks)} "
-                 f"blocks, world size {world_size()}, precision {precision}, spec {spec.spec_hash()}"
+                 f"blocks, world size {world_size()}, {spec.strategy}, precision {precision}, spec {spec.spec_hash()}"
                  + (f", resuming from {resume_from.name}" if resume_from else ""))
 
     train_started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except TrainingAlreadyDone as done:  # killed between the last checkpoint and the final save
+        reporter.log(f"nothing left to train ({done}): writing the model")
+        output = None
+    if preemption.stopped_at_step is not None:  # no final model: the next attempt resumes from its checkpoint
+        preemption.leave()
+        return None
     train_seconds = time.perf_counter() - train_started
     if before_file.is_file():  # written by rank 0 at the step-0 evaluation (InitialLossCallback)
         val_loss_before = json.loads(before_file.read_text())["eval_loss"]
@@ -222,17 +244,10 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
     else:
         val_loss_after = trainer.evaluate()["eval_loss"]
 
-    if spec.debug.rank_hashes:
-        # Every rank's final weights, to compare across ranks (tests). Not bitwise: gloo's
-        # all-reduce may round differently per rank on CPU (seen: ~3e-8 relative after 3 steps).
-        debug_dir = Path(spec.run_dir) / "debug"
-        debug_dir.mkdir(parents=True, exist_ok=True)
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        (debug_dir / f"rank{global_rank()}_params.sha256").write_text(params_digest(model))
-        from safetensors.torch import save_file
-
-        save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
-                  str(debug_dir / f"rank{global_rank()}_params.safetensors"))
+    if spec.debug.rank_params:
+        write_rank_params(trainer.accelerator.unwrap_model(trainer.model), Path(spec.run_dir) / "debug")
+    # A collective under FSDP (every rank sends its shards), so before the other ranks leave.
+    weights = full_state_dict(trainer.accelerator.unwrap_model(trainer.model))
     if not trainer.is_world_process_zero():
         return None
 
@@ -242,21 +257,36 @@ def train(spec: TrainSpec, *, reporter: Reporter) -> dict[str, Any] | None:
     train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "size": spec.size, "architecture": spec.architecture, "spec_hash": spec.spec_hash(),
-        "final_train_loss": float(train_losses[-1]) if train_losses else float(output.training_loss),
-        "mean_train_loss": float(output.training_loss),
+        "final_train_loss": float(train_losses[-1]) if train_losses or output is None else float(output.training_loss),
+        "mean_train_loss": float(output.training_loss) if output else float(sum(train_losses) / len(train_losses)),
         "val_loss_before": float(val_loss_before), "val_loss_after": float(val_loss_after),
         "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0.0),
         "tokens_seen": tokens_seen,
         "wall_time_s": float(time.perf_counter() - started), "train_time_s": float(train_seconds),
         "tokens_per_s": float(session_tokens / max(train_seconds, 1e-9)),
         "param_count": int(param_count), "resumed_from_step": resumed_step,
-        "world_size": int(trainer.args.world_size), "precision": precision,  # ranks really in DDP
+        "world_size": int(trainer.args.world_size), "precision": precision,  # ranks really in DDP/FSDP
+        "strategy": spec.strategy,
         "device": str(trainer.args.device),
         "torch_threads": int(torch.get_num_threads()),  # intra-op threads per rank (accelerate sets them)
     }
-    save_final(trainer=trainer, tokenizer=tokenizer, spec=spec, result=result, reporter=reporter)
+    save_final(trainer=trainer, tokenizer=tokenizer, spec=spec, weights=weights, result=result, reporter=reporter)
     reporter.log(f"saved {spec.output_dir}: val loss {val_loss_before:.3f} -> {val_loss_after:.3f}")
     return result
+
+
+def write_rank_params(model: torch.nn.Module, debug_dir: Path) -> None:
+    """This rank's parameters (its local shards under FSDP), for tests to compare.
+
+    Under DDP the ranks' copies agree up to gloo's rounding (not bitwise: its all-reduce may round
+    differently per rank on CPU, ~3e-8 relative after 3 steps); under FSDP2 the shards are dim-0
+    chunks that together make the consolidated weights.
+    """
+    from safetensors.torch import save_file
+
+    debug_dir.mkdir(parents=True, exist_ok=True)
+    local = {n: getattr(p, "to_local", lambda p=p: p)().detach().contiguous() for n, p in model.named_parameters()}
+    save_file(local, str(debug_dir / f"rank{global_rank()}_params.safetensors"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = TrainSpec.read(argv[0])
     with record_errors(spec.run_dir), open_reporter() as reporter:
         train(spec, reporter=reporter)
-    return 0
+    from exp1_assets.training.preemption import exit_code
+
+    return exit_code()  # PREEMPTED_EXIT_CODE after a stop at the warning signal (launch/errors.py)
 
 
 if __name__ == "__main__":
