@@ -7,6 +7,8 @@ packed greedily in the docs/artifacts.md format (Arrow IPC stream; input_ids/lab
 from __future__ import annotations
 
 import random
+import string
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,14 +36,24 @@ def conversations(*, count: int, seed: int) -> list[list[dict[str, str]]]:
     return chats
 
 
-def build_tokenizer(directory: Path, *, vocab_size: int = 400):
+def pseudo_words(*, count: int, seed: int) -> list[str]:
+    """Lines of random lowercase pseudo-words: enough distinct letter pairs, triples, ... for BPE to
+    learn GPT-2's 50,000 merges (the templated chats alone run out of pairs after a few hundred)."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(count)]
+    return [" ".join(words[i:i + 50]) for i in range(0, count, 50)]
+
+
+def build_tokenizer(directory: Path, *, vocab_size: int = 400, extra_texts: Iterable[str] = ()):
+    """The ChatML byte-level BPE; `extra_texts` are trained on too (the trainer stops early, below
+    `vocab_size`, when the texts have no pairs left to merge: callers that need the size check it)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = [
         "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in chat)
         for chat in conversations(count=400, seed=1)
-    ]
+    ] + list(extra_texts)
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
