@@ -35,6 +35,8 @@ def test_batched_greedy_equals_one_at_a_time(tiny):
     batched = generation.generate_batched(model, tok, ps, max_new_tokens=16, batch_size=5)
     single = generation.generate_one_at_a_time(model, tok, ps, max_new_tokens=16)
     assert batched == single
+    rendered = tok(generation.render_prompts(tok, ps), add_special_tokens=False)["input_ids"]
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single] == [len(i) for i in rendered]
     assert len({g.text for g in batched}) > 1 and all(g.text for g in batched)  # non-degenerate output
     assert all(g.n_tokens == 16 and not g.stopped for g in batched)  # a random model never says <|im_end|>
     assert tok.padding_side == "right"  # left padding was only borrowed
@@ -48,6 +50,8 @@ def test_prompts_longer_than_the_budget_are_cut_on_the_left_alike(tiny):
     batched = generation.generate_batched(model, tok, ps, max_new_tokens=500, batch_size=4)
     single = generation.generate_one_at_a_time(model, tok, ps, max_new_tokens=500)
     assert batched == single and sum(g.n_tokens for g in batched) > 6 * 50
+    # What was fed is recorded (predictions.jsonl `prompt_tokens`): the rendering's last 12 ids.
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single] == [12] * 6
 
 
 def test_seeded_sampling_repeats_and_seed_matters(tiny):

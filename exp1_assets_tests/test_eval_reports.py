@@ -161,7 +161,8 @@ def test_specs_validate_and_round_trip(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Both jobs as `python -m ...` on the tiny random model
 # ---------------------------------------------------------------------------------------------
-def write_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+def write_inputs(tmp_path: Path, *, rows: list[dict] | None = None) -> tuple[Path, Path, Path]:
+    """Checkpoint, packed validation blocks and a test split (`rows`, default `chat_rows(10)`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -172,7 +173,7 @@ def write_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
     with pa.OSFile(str(validation), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(pa.Table.from_pylist(blocks, schema=schema))
     test = tmp_path / "test.parquet"
-    rows = [{"id": f"t{i}", **row} for i, row in enumerate(chat_rows(10))]
+    rows = [{"id": f"t{i}", **row} for i, row in enumerate(chat_rows(10) if rows is None else rows)]
     pq.write_table(pa.Table.from_pylist(rows), test)
     return checkpoint, validation, test
 
@@ -254,3 +255,79 @@ def test_evaluation_metadata_has_the_headline_keys_as_floats(tmp_path):
     assert reporter.metadata["worst_and_best_rows"]["type"] == "md"
     assert math.isnan(reporter.metadata["probe_accuracy"])  # probes off: reported as NaN, not 0
     assert any(line.startswith("perplexity ") for line in reporter.lines)
+
+
+def multi_turn_rows(n: int) -> list[dict]:
+    """Test-split rows with a system message and one or two earlier exchanges before the scored one."""
+    earlier = [{"role": "user", "content": "Reverse the word 'apple'."},
+               {"role": "assistant", "content": "The word reversed is 'elppa'."}]
+    rows = []
+    for i, row in enumerate(chat_rows(n)):
+        question_and_reply = [m for m in row["messages"] if m["role"] != "system"]
+        messages = [{"role": "system", "content": "Be brief."}] + earlier * (1 + i % 2) + question_and_reply
+        rows.append({**row, "messages": messages})
+    return rows
+
+
+def test_each_prediction_row_keeps_its_whole_prompt_and_regenerates_with_plain_transformers(tmp_path, monkeypatch):
+    """predictions.jsonl `messages` render to the ids the evaluation fed; `generate` gives the prediction."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from exp1_assets.evaluation import evaluate_job
+
+    conversations = multi_turn_rows(6)
+    checkpoint, validation, test = write_inputs(tmp_path, rows=conversations)
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    # A random model never says <|im_end|>; a louder <|im_end|> embedding (tied to the output
+    # layer) makes some replies stop early while others run to max_new_tokens: both paths checked.
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[end_of_turn] *= 3
+    model.save_pretrained(checkpoint)
+
+    fed: list[tuple[int, ...]] = []  # every prompt's real (unpadded) ids, as the model received them
+
+    def record_prefill(_module, _args, kwargs):
+        if "logits_to_keep" in kwargs:  # the prefill; decode steps feed one new token, perplexity no cut
+            for ids, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()):
+                fed.append(tuple(t for t, m in zip(ids, mask) if m))
+
+    load = evaluate_job.load_checkpoint
+
+    def load_and_watch(path, *, device):
+        loaded, tokenizer = load(path, device=device)
+        loaded.register_forward_pre_hook(record_prefill, with_kwargs=True)
+        return loaded, tokenizer
+
+    monkeypatch.setattr(evaluate_job, "load_checkpoint", load_and_watch)
+    spec = EvalSpec(checkpoint_path=str(checkpoint), validation_path=str(validation), test_path=str(test),
+                    output_dir=str(tmp_path / "eval"), run_dir=str(tmp_path / "run"), num_samples=6,
+                    max_new_tokens=12, generation_batch_size=4, run_probes=False)
+    evaluate_job.evaluate(spec, reporter=FakeReporter())
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+
+    rendered = [tok.apply_chat_template(row["messages"], add_generation_prompt=True)["input_ids"] for row in rows]
+    assert [row["prompt_tokens"] for row in rows] == [len(ids) for ids in rendered]  # nothing was cut
+    assert sorted(fed) == sorted(tuple(ids) for ids in rendered)
+
+    plain = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    for row, ids in zip(rows, rendered):
+        with torch.inference_mode():
+            out = plain.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=spec.max_new_tokens, do_sample=False, eos_token_id=end_of_turn,
+                                 pad_token_id=tok.pad_token_id)
+        new = out[0, len(ids):].tolist()
+        assert tok.decode(new, skip_special_tokens=True).strip() == row["prediction"], row["id"]
+        assert (row["n_tokens"], row["stopped"]) == (len(new), new[-1] == end_of_turn), row["id"]
+    assert {row["stopped"] for row in rows} == {True, False}
+
+    # The whole conversation up to the scored reply: system message and earlier turns included.
+    source = {f"t{i}": c["messages"] for i, c in enumerate(conversations)}
+    for row in rows:
+        assert row["messages"] == source[row["id"]][:-1]
+        assert row["messages"][0] == {"role": "system", "content": "Be brief."}
+        assert row["messages"][-1]["role"] == "user" and row["prompt"] == row["messages"][-1]["content"]
+    assert max(len(row["messages"]) for row in rows) == 6  # system, two earlier exchanges, the question

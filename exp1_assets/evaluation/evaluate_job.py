@@ -7,8 +7,10 @@ It measures, for one checkpoint:
 - greedy replies to `num_samples` test conversations (prompt = everything before the last
   assistant turn, reference = that turn): ROUGE-1/2/L, BLEU, chrF, length ratio, diversity,
   exact-answer accuracy per task family (built-in corpus), and the few-shot probe set.
-Outputs go to `output_dir` (report.json, predictions.jsonl, report.md). Asset checks are computed
-by the asset from report.json (its `checks` block), not reported from here.
+Outputs go to `output_dir` (report.json, predictions.jsonl, report.md). Each predictions.jsonl row
+keeps the prompt's `messages` and `prompt_tokens`, so plain transformers can regenerate it
+(docs/artifacts.md). Asset checks are computed by the asset from report.json (its `checks` block),
+not reported from here.
 """
 
 from __future__ import annotations
@@ -66,7 +68,11 @@ class EvalSpec(JsonSpec):
 
 
 def load_test_rows(path: str, *, num_samples: int, seed: int) -> list[dict[str, Any]]:
-    """Prompt/reference pairs from test.parquet: a seeded sample of `num_samples` conversations."""
+    """Prompt/reference pairs from test.parquet: a seeded sample of `num_samples` conversations.
+
+    `prompt_messages` is everything before the last assistant turn (system message and earlier
+    turns included): generation renders exactly this list, and predictions.jsonl records it.
+    """
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -137,8 +143,12 @@ def generation_metrics(model: Any, tokenizer: Any, spec: EvalSpec, *, reporter: 
     result["generation_seconds"] = seconds
     result["mean_new_tokens"] = sum(g.n_tokens for g in gens) / len(gens) if gens else float("nan")
     result["num_samples"] = len(gens)
+    # `messages` is the very list the prompt was rendered from, and `prompt_tokens` how many of its
+    # rendered ids the model saw (fewer only when cut on the left to fit): a row is regenerable
+    # with plain transformers. `prompt` (the last turn before the reference) stays for the reports.
     predictions = [
-        {"id": p["id"], "prompt": p["prompt_messages"][-1]["content"], "reference": p["reference"],
+        {"id": p["id"], "messages": p["prompt_messages"], "prompt_tokens": g.prompt_tokens,
+         "prompt": p["prompt_messages"][-1]["content"], "reference": p["reference"],
          "prediction": g.text, "rouge_l": r["rouge_l"], "bleu": b, "task": p["task"], "answer": p["answer"],
          "stopped": g.stopped, "n_tokens": g.n_tokens}
         for p, g, r, b in zip(pairs, gens, per_row_rouge, per_row_bleu)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 END_OF_TURN = "<|im_end|>"
@@ -25,6 +25,10 @@ class Generation:
     text: str  # decoded reply, special tokens removed
     n_tokens: int  # generated tokens, the closing <|im_end|> included
     stopped: bool  # hit <|im_end|> before max_new_tokens
+    # Prompt tokens the model was fed: the rendered prompt's last `prompt_tokens` ids (fewer than
+    # rendered only when the prompt passed the position budget). It describes the input, not the
+    # reply, so equality ignores it: loops that don't record it (None) still compare equal.
+    prompt_tokens: int | None = field(default=None, compare=False)
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -88,14 +92,14 @@ def _generate_kwargs(
     return kwargs
 
 
-def _decode_new_tokens(tokenizer: Any, new_ids: Any, *, eos_id: int) -> Generation:
+def _decode_new_tokens(tokenizer: Any, new_ids: Any, *, eos_id: int, prompt_tokens: int | None = None) -> Generation:
     """Cut the generated row at the first <|im_end|> (the rest is padding) and decode it."""
     ids = [int(t) for t in new_ids]
     stopped = eos_id in ids
     if stopped:
         ids = ids[: ids.index(eos_id) + 1]
     text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return Generation(text=text, n_tokens=len(ids), stopped=stopped)
+    return Generation(text=text, n_tokens=len(ids), stopped=stopped, prompt_tokens=prompt_tokens)
 
 
 def generate_batched(
@@ -141,7 +145,8 @@ def generate_batched(
         replies = decode_stream(model, prompt_ids, groups=groups, max_rows=batch_size, max_new_tokens=max_new_tokens,
                                 eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, sampling=sampling,
                                 generator=generator, max_cells=2 * token_budget)
-    return [_decode_new_tokens(tokenizer, reply, eos_id=eos_id) for reply in replies]
+    return [_decode_new_tokens(tokenizer, reply, eos_id=eos_id, prompt_tokens=len(ids))
+            for reply, ids in zip(replies, prompt_ids)]
 
 
 def _batches(order: Sequence[int], lengths: Sequence[int], *, batch_size: int,
@@ -183,5 +188,6 @@ def generate_one_at_a_time(
             torch.manual_seed(seed + index)
             out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
             results.append(_decode_new_tokens(tokenizer, out[0, enc["input_ids"].shape[1]:],
-                                              eos_id=kwargs["eos_token_id"]))
+                                              eos_id=kwargs["eos_token_id"],
+                                              prompt_tokens=enc["input_ids"].shape[1]))
     return results
