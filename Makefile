@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 SIZE ?= tiny
 PORT ?= 3000
 
-.PHONY: setup home run dev test test-fast bench upgrade clean
+.PHONY: setup home run dev chat test test-fast bench upgrade clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,12 @@ run: setup
 # The web UI (webserver + daemon) on loopback only: the UI can launch arbitrary runs.
 dev: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT)
+
+# Talk to the size's checkpoint in the terminal (exp1_assets/evaluation/chat.py). It builds nothing:
+# without a checkpoint it says to `make run` first. CHAT_ARGS adds options, e.g. "--temperature 0.7".
+chat:
+	@test -x $(BIN)/python || { echo "no $(VENV): run \`make run\` first (it sets up and trains a checkpoint)" >&2; exit 1; }
+	@$(BIN)/python -m exp1_assets.evaluation.chat --size $(SIZE) $(CHAT_ARGS)
 
 test: setup
 	$(BIN)/pytest -q --durations=15

@@ -37,6 +37,8 @@ COVERED_BY: dict[str, list[str]] = {
     "make run": ["test_make_prints_the_commands_the_readme_promises",
                  "test_cli_and_schedules.py::test_cli_materializes_the_whole_graph_into_dagster_home"],
     "make test": ["test_make_prints_the_commands_the_readme_promises"],
+    "make chat SIZE=tiny": ["test_chat.py::test_two_turns_through_make_chat_stream_what_generate_gives",
+                            "test_chat.py::test_make_chat_without_a_checkpoint_says_to_run_make_run"],
     "make dev": ["test_make_prints_the_commands_the_readme_promises",
                  "test_ui_browser.py::test_whole_graph_run_materializes_every_asset"],
     "export DAGSTER_HOME=$PWD/.dagster_home EXP1_HOME=$PWD/.exp1_home":
