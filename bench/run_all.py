@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark once at its default settings, one after another (~40 min on 2 CPU cores).
+"""`make bench`: every benchmark once at its default settings, one after another (~45 min on 2 CPU cores).
 
 Each writes its JSON to bench/out/; see bench/README.md for what they print and RESULTS.md for numbers.
 Pass --quick for the smoke settings (about two minutes).
@@ -13,6 +13,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 COMMANDS = (
     ["train_throughput.py", "--tokens-per-step", "4096", "--steps", "4"],
+    ["train_vs_plain_loop.py"],
     ["generation.py", "--workload", "eval"],
     ["generation.py", "--workload", "samples"],
     ["data_prep.py", "--rows", "100000"],
