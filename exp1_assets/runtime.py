@@ -25,7 +25,7 @@ from typing import Any
 # "failed": 75 is EX_TEMPFAIL in sysexits.h ("try again later"), distinct from Python's 1 and 2 and
 # from the 128+N of a signal. `accelerate launch` turns every non-zero rank exit into 1, so the
 # ranks also leave `preempted_marker(run_dir)`; the Slurm batch script reads it and then requeues
-# the job or exits with this code itself (launch/slurm.py), which `launch.follow.job_failure` classifies.
+# the job or exits with this code itself (launch/sbatch.py), which `launch.follow.job_failure` classifies.
 PREEMPTED_EXIT_CODE = 75
 # The warning Slurm sends (`sbatch --signal=USR1@<s>`) and the ranks catch (training/preemption.py).
 PREEMPTION_SIGNAL = "USR1"
@@ -34,6 +34,29 @@ PREEMPTION_SIGNAL = "USR1"
 def preempted_marker(run_dir: str | Path) -> Path:
     """The file rank 0 writes after such a stop, once the checkpoint is complete (one line: where it stopped)."""
     return Path(run_dir) / "preempted.txt"
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere).
+
+    torchrun's agent starts every rank in a session of its own, so killing the job's process
+    group (the OOM killer, `kill -9` of the launcher, a cancel that had to escalate) kills the
+    agent and leaves the ranks running as orphans: seen here, they trained on into the same run
+    directory as the retry and wrote their errors into it. With the parent-death signal the ranks
+    go with their agent. Call it first thing in a job's `main`.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return  # not permitted here: the launcher's group kill remains the only guard
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def global_rank() -> int:

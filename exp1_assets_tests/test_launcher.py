@@ -120,7 +120,7 @@ def test_killed_sharded_training_resumes_from_its_sharded_checkpoint_through_the
                                                                                       tmp_path: Path) -> None:
     """FSDP2 on 2 ranks; SIGKILL the job's process group after the first (sharded) checkpoint:
     Dagster's retry resumes from it and ends at the planned step. (DDP: test_reliability_kill.)"""
-    config = only(fast_run_config(max_steps=60, save_steps=6), "model_checkpoint")
+    config = only(fast_run_config(max_steps=40, save_steps=6), "model_checkpoint")
     config["ops"]["model_checkpoint"]["config"].update(num_processes=2, strategy="fsdp_full")
     cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=config)
     runs = home / "runs" / "model_checkpoint" / "tiny"
@@ -128,13 +128,18 @@ def test_killed_sharded_training_resumes_from_its_sharded_checkpoint_through_the
     assert len(list(runs.glob("*/checkpoint-6/pytorch_model_fsdp_0/*.distcp"))) == 2  # one shard per rank
     spec = next(runs.glob("*/spec.json"))
     pids = _job_processes(str(spec))
-    assert pids, "the training job should be running"
-    os.killpg(os.getpgid(pids[0]), signal.SIGKILL)  # as the OOM killer or a lost node would
+    agent = [p for p in pids if b"accelerate" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert agent and len(pids) == 3, "the launcher and its two ranks should be running"
+    # SIGKILL the launcher's process group, as the OOM killer would. torchrun starts each rank in
+    # a session of its own, so only the parent-death signal (runtime.die_with_parent) takes the
+    # ranks along; orphans would train on into the run dir the retry resumes from.
+    os.killpg(os.getpgid(agent[0]), signal.SIGKILL)
+    _wait_for(lambda: not _job_processes(str(spec)), timeout=30, what="the orphaned ranks to die with their agent")
     out, _ = cli.communicate(timeout=600)
     assert cli.returncode == 0, out.decode(errors="replace")[-3000:]
     trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
-    assert trained["resumed_from_step"] is not None and 6 <= trained["resumed_from_step"] < 60
-    assert trained["steps"] == 60 and trained["strategy"] == "fsdp_full" and trained["world_size"] == 2
+    assert trained["resumed_from_step"] is not None and 6 <= trained["resumed_from_step"] < 40
+    assert trained["steps"] == 40 and trained["strategy"] == "fsdp_full" and trained["world_size"] == 2
 
 
 def test_cancelling_the_run_leaves_no_process(home: Path, tmp_path: Path) -> None:

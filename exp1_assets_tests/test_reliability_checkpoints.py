@@ -198,7 +198,7 @@ def test_planted_pickles_are_never_unpickled(home: Path, tmp_path: Path) -> None
 
 def test_planted_secrets_never_reach_any_file(trained: dict[str, Path], tmp_path: Path) -> None:
     """Metadata, logs, specs, Pipes messages, the sqlite event log: grep every byte for them."""
-    from exp1_assets.launch.slurm import render_sbatch
+    from exp1_assets.launch.sbatch import render_sbatch
 
     files = [p for root in trained.values() for p in root.rglob("*") if p.is_file()]
     assert any(p.suffix == ".db" for p in files) and any(p.name == "spec.json" for p in files)

@@ -38,7 +38,7 @@ STATUS_QUERY = """
 query Status($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status } }
   assetNodes { id } }
 """
-SOAK_RUNS = int(os.environ.get("EXP1_SOAK_RUNS", "5"))
+SOAK_RUNS = int(os.environ.get("EXP1_SOAK_RUNS", "4"))
 KEEP_RUN_DIRS = 2  # fewer than the default 3 so that pruning happens from the 3rd soak run on
 SAVE_TOTAL_LIMIT = 1  # 2 checkpoints are saved per run (steps 2, 4): the Trainer must rotate one away
 FD_SLACK = 2  # e.g. a lazily opened sqlite handle; a leak would add per-iteration fds

@@ -21,7 +21,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from exp1_assets.defs.launcher import JobLauncher
-from exp1_assets.launch.slurm import SbatchRequest, render_sbatch
+from exp1_assets.launch.sbatch import SbatchRequest, render_sbatch
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only

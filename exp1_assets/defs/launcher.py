@@ -46,7 +46,8 @@ from exp1_assets.launch.errors import LaunchError
 from exp1_assets.runtime import preempted_marker
 from exp1_assets.launch.follow import JobHandle, follow
 from exp1_assets.launch.local import LocalJob
-from exp1_assets.launch.slurm import SbatchRequest, SlurmJob, render_sbatch
+from exp1_assets.launch.sbatch import SbatchRequest, render_sbatch
+from exp1_assets.launch.slurm import SlurmJob
 from exp1_assets.training.memory_plan import Machine
 
 
@@ -63,7 +64,7 @@ class JobLauncher(ConfigurableResource):
     stall_timeout_s: Optional[float] = Field(
         default=None, description="Fail a job that prints and reports nothing for this long (unset: never)")
     poll_interval_s: float = Field(default=0.5, description="Seconds between two looks at the job's state")
-    # backend="slurm" (see exp1_assets.launch.slurm): one sbatch job, one `accelerate launch` per node.
+    # backend="slurm" (see exp1_assets.launch.sbatch and .slurm): one sbatch job, one `accelerate launch` per node.
     nodes: int = Field(default=1, description="slurm: nodes per job")
     gpus_per_node: int = Field(default=0, description="slurm: GPUs per node (0: CPU nodes, 1 process per node)")
     cpus_per_task: Optional[int] = Field(default=None, description="slurm: CPUs per node's launcher task (unset: Slurm's default)")

@@ -27,7 +27,7 @@ from exp1_assets.evaluation.job_common import (
     resolve_device,
 )
 from exp1_assets.evaluation.thresholds import Thresholds
-from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors
+from exp1_assets.runtime import Reporter, die_with_parent, global_rank, open_reporter, record_errors
 
 HEADLINE_KEYS = ("perplexity", "perplexity_all_tokens", "bits_per_byte", "rouge1", "rouge2", "rouge_l", "bleu",
                  "chrf", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu", "exact_accuracy",
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python -m exp1_assets.evaluation.evaluate_job spec.json")
     spec = EvalSpec.from_file(argv[0])
+    die_with_parent()  # never outlive the launcher (runtime.die_with_parent)
     with record_errors(spec.run_dir):
         if global_rank() != 0:
             return  # evaluation is single-process work; extra ranks have nothing to do

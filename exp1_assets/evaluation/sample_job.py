@@ -17,7 +17,7 @@ from exp1_assets.evaluation.job_common import (
     JsonSpec, load_checkpoint, md_metadata, require_non_negative_int, require_path, require_positive,
     resolve_device,
 )
-from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors
+from exp1_assets.runtime import Reporter, die_with_parent, global_rank, open_reporter, record_errors
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python -m exp1_assets.evaluation.sample_job spec.json")
     spec = SampleSpec.from_file(argv[0])
+    die_with_parent()  # never outlive the launcher (runtime.die_with_parent)
     with record_errors(spec.run_dir):
         if global_rank() != 0:
             return  # sampling is single-process work

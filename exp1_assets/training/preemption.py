@@ -1,7 +1,7 @@
 """Stopping at a checkpoint when the scheduler warns that the job's time is nearly up.
 
 On Slurm every process of the job's step gets SIGUSR1 `warning_lead_s` before the time limit, or
-at preemption where the cluster sends it then (launch/slurm.py). `accelerate launch` and torchrun's
+at preemption where the cluster sends it then (launch/sbatch.py). `accelerate launch` and torchrun's
 agent ignore it (the node command does that before exec'ing them); each rank's handler here only
 sets a flag. At the end of every optimizer step the ranks agree on that flag (one all-reduce of a
 single number), so all of them stop at the same step even when the signal reached them a step

@@ -21,7 +21,9 @@ import torch
 
 from exp1_assets.data.blocks import collate_blocks, load_blocks
 from exp1_assets.hashing import directory_digest
-from exp1_assets.runtime import Reporter, global_rank, open_reporter, record_errors, world_size
+from exp1_assets.runtime import (
+    Reporter, die_with_parent, global_rank, open_reporter, record_errors, world_size,
+)
 from exp1_assets.sizes import get_size
 from exp1_assets.training.spec import TrainSpec
 
@@ -294,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m exp1_assets.training.train SPEC.json", file=sys.stderr)
         return 2
+    die_with_parent()  # ranks must not outlive their agent (runtime.die_with_parent)
     spec = TrainSpec.read(argv[0])
     with record_errors(spec.run_dir), open_reporter() as reporter:
         train(spec, reporter=reporter)
