@@ -43,11 +43,11 @@ from exp1_assets.launch.accelerate import (
     accelerate_args, cpu_threads_per_process, free_port, gpu_memory_gib, host_memory_gib, visible_gpus,
 )
 from exp1_assets.launch.errors import LaunchError
-from exp1_assets.runtime import preempted_marker
 from exp1_assets.launch.follow import JobHandle, follow
 from exp1_assets.launch.local import LocalJob
 from exp1_assets.launch.sbatch import SbatchRequest, render_sbatch
 from exp1_assets.launch.slurm import SlurmJob
+from exp1_assets.runtime import preempted_marker
 from exp1_assets.training.memory_plan import Machine
 
 
