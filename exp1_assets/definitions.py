@@ -7,8 +7,9 @@ exp1_assets.definitions` both load `defs` from here.
 from dagster import Definitions
 
 from exp1_assets.defs.data_assets import conversation_splits, packed_dataset, raw_conversations, tokenizer
-from exp1_assets.defs.evaluation_assets import evaluation_report, sample_set, size_comparison
+from exp1_assets.defs.evaluation_assets import evaluation_report, sample_set
 from exp1_assets.defs.launcher import JobLauncher
+from exp1_assets.defs.reporting_assets import size_comparison
 from exp1_assets.defs.schedules import data_job, experiment_job, exp1_automation, weekly_experiment
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.defs.training_assets import model_checkpoint

@@ -28,3 +28,14 @@ def fast_run_config(*, max_steps: int = 12, save_steps: int = 6, builtin_size: i
 def only(config: dict[str, Any], *assets: str) -> dict[str, Any]:
     """The part of a run config for the selected assets (Dagster rejects config for others)."""
     return {"ops": {k: v for k, v in config["ops"].items() if k in assets}}
+
+
+def defs_modules() -> list:
+    """Every module of the Dagster layer (`exp1_assets/defs/`), imported: new asset modules count too."""
+    import importlib
+    import pkgutil
+
+    import exp1_assets.defs as package
+
+    return [importlib.import_module(f"{package.__name__}.{info.name}")
+            for info in pkgutil.iter_modules(package.__path__)]

@@ -146,9 +146,9 @@ def test_every_config_field_is_described_and_unset_means_none() -> None:
 
     from dagster import Config, ConfigurableResource
 
-    from exp1_assets.defs import data_assets, evaluation_assets, launcher, store, training_assets
+    from exp1_assets_tests.run_configs import defs_modules
 
-    classes = {cls for module in (data_assets, evaluation_assets, launcher, store, training_assets)
+    classes = {cls for module in defs_modules()
                for _, cls in inspect.getmembers(module, inspect.isclass)
                if issubclass(cls, (Config, ConfigurableResource)) and cls not in (Config, ConfigurableResource)
                and cls.__module__.startswith("exp1_assets.")}

@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _assets(*names: str) -> list:
     """The asset definitions as declared (unbound), so tests can pass their own resources."""
-    from exp1_assets.defs import data_assets, evaluation_assets, training_assets
+    from exp1_assets_tests.run_configs import defs_modules
 
-    modules = (data_assets, training_assets, evaluation_assets)
+    modules = defs_modules()
     return [next(getattr(m, n) for m in modules if hasattr(m, n)) for n in names]
 
 

@@ -1,8 +1,7 @@
 """Evaluation, samples and the size comparison.
 
 `evaluation_report` and `sample_set` are GPU work at real sizes, so they go through the launcher
-like training. `size_comparison` only reads small JSON files and draws three plots: it runs here.
-All three follow their upstream through declarative automation.
+like training. Both follow their checkpoint through declarative automation.
 """
 
 
@@ -33,8 +32,6 @@ from exp1_assets.defs.training_assets import model_checkpoint
 from exp1_assets.evaluation.evaluate_job import EvalSpec
 from exp1_assets.evaluation.sample_job import SampleSpec
 from exp1_assets.evaluation.thresholds import CHECK_DESCRIPTIONS, Thresholds
-from exp1_assets.markdown import png_markdown
-from exp1_assets.sizes import SIZES
 
 class EvaluationConfig(Config):
     """Overrides of `EvalSpec` (and the experiment's `Thresholds`); unset fields keep their defaults."""
@@ -135,40 +132,6 @@ def sample_set(
     metadata = _reported_metadata(reported)
     metadata["html"] = MetadataValue.path(str(store.path("sample_set", size) / "samples.html"))
     return MaterializeResult(metadata=metadata)
-
-
-@asset(
-    group_name="reporting",
-    deps=[evaluation_report, sample_set, model_checkpoint],
-    automation_condition=AutomationCondition.eager(),
-    code_version=code_version("exp1_assets.evaluation.comparison"),
-    description="All evaluated sizes side by side: table, loss curves, perplexity/ROUGE-L vs parameters.",
-)
-def size_comparison(context: AssetExecutionContext, store: ArtifactStore) -> MaterializeResult:
-    from exp1_assets.evaluation.comparison import compare_sizes
-
-    reports, training, histories = {}, {}, {}
-    for size in SIZES:
-        report = store.path("evaluation_report", size) / "report.json"
-        checkpoint = store.path("model_checkpoint", size)
-        if report.exists():
-            reports[size] = json.loads(report.read_text())
-        if (checkpoint / "train_result.json").exists():
-            training[size] = json.loads((checkpoint / "train_result.json").read_text())
-            histories[size] = json.loads((checkpoint / "log_history.json").read_text())
-    with store.staging("size_comparison") as out:
-        summary = compare_sizes(reports=reports, training=training, loss_histories=histories,
-                                out_dir=out, all_sizes=list(SIZES))
-    final = store.path("size_comparison")
-    context.log.info(f"size comparison: {final / 'comparison.md'}")
-    return MaterializeResult(metadata={
-        "sizes": summary["num_sizes"],
-        "missing_sizes": ", ".join(summary["missing_sizes"]) or "none",
-        "table": MetadataValue.md(summary["table_markdown"] or "(no sizes evaluated yet)"),
-        **{f"plot_{name}": MetadataValue.md(png_markdown(final / Path(path).name, alt=name))
-           for name, path in summary["plot_paths"].items() if (final / Path(path).name).exists()},
-        "report": MetadataValue.path(str(final / "comparison.md")),
-    })
 
 
 def _require_checkpoint(store: ArtifactStore, size: str) -> Path:
