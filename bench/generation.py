@@ -40,7 +40,9 @@ def quick_train(model, packed_dir: Path, *, steps: int, batch: int) -> list[floa
 
     from exp1_assets.data.blocks import load_block_arrays
 
-    cols = {c: torch.from_numpy(array.astype(np.int64))
+    # The blocks go where the model is (`--device cuda`): indexing CPU rows into a GPU model fails.
+    device = next(model.parameters()).device
+    cols = {c: torch.from_numpy(array.astype(np.int64)).to(device)
             for c, array in load_block_arrays(packed_dir / "train.arrow").items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)
@@ -48,7 +50,7 @@ def quick_train(model, packed_dir: Path, *, steps: int, batch: int) -> list[floa
     model.train()
     model.config.use_cache = False
     for _ in range(steps):
-        rows = torch.randint(0, len(cols["input_ids"]), (batch,), generator=generator)
+        rows = torch.randint(0, len(cols["input_ids"]), (batch,), generator=generator).to(device)
         loss = model(**{c: v[rows] for c, v in cols.items()}).loss
         if torch.isfinite(loss):  # a batch of prompt-only blocks has no target token
             loss.backward()
@@ -81,7 +83,7 @@ def generate_hf_batches(model, tokenizer, prompts, *, max_new_tokens: int, batch
     with torch.inference_mode(), _left_padding(tokenizer):
         for index, group in enumerate(_batches(order, lengths, batch_size=batch_size, token_budget=4096)):
             enc = tokenizer([texts[i] for i in group], return_tensors="pt", padding=True, truncation=True,
-                            max_length=budget, add_special_tokens=False)
+                            max_length=budget, add_special_tokens=False).to(model.device)
             torch.manual_seed(index)
             out = model.generate(**enc, **kwargs)
             for row, i in enumerate(group):
