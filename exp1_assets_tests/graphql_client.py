@@ -48,7 +48,8 @@ CHECKS = """
 query Checks($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { __typename
   ... on AssetNode { assetChecksOrError { __typename ... on AssetChecks { checks { name
       executionForLatestMaterialization { status runId evaluation { success severity
-          metadataEntries { label ... on FloatMetadataEntry { floatValue } } } } } } } } } }
+          metadataEntries { label ... on FloatMetadataEntry { floatValue } ... on BoolMetadataEntry { boolValue }
+          } } } } } } } } }
 """
 CHECK_EXECUTIONS = """
 query Executions($path: [String!]!, $check: String!, $partition: String) {

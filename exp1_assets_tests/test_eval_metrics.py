@@ -48,6 +48,9 @@ def test_token_nll_sums_respects_labels_pads_and_document_starts():
     assert sums["nll_assistant"] == pytest.approx(2 * (right + 2 * wrong), rel=1e-5)
     assert sums["tokens_all"] == 2 * 4  # 1, 2, 4, 5
     assert sums["nll_all"] == pytest.approx(2 * (right + 3 * wrong), rel=1e-5)
+    # Per block too (the perplexity interval resamples blocks): each block's own assistant sums.
+    assert sums["block_tokens_assistant"] == [3, 3]
+    assert sums["block_nll_assistant"] == pytest.approx([right + 2 * wrong] * 2, rel=1e-6)
     # One forward per batch of 1; attention_mask=None and no cache (else packed documents mix).
     assert model.calls == [(torch.Size([1, 8]), None, False)] * 2
     ppl = metrics.perplexity(sums["nll_assistant"], sums["tokens_assistant"])

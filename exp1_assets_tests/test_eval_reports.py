@@ -15,6 +15,7 @@ import pytest
 
 from eval_tiny_model import chat_rows, make_checkpoint, make_tokenizer, packed_blocks
 from exp1_assets.evaluation import comparison, prompts, reports, sample_analysis
+from exp1_assets.evaluation.metrics import answer_matches
 from exp1_assets.evaluation.evaluate_job import EvalSpec
 from exp1_assets.evaluation.sample_job import SampleSpec
 from exp1_assets.evaluation.thresholds import Thresholds
@@ -69,6 +70,27 @@ def test_markdown_escaping_and_worst_best_table():
     assert len(lines) == 2 + 4 and all(line.count(" | ") == 5 for line in lines)  # no cell broke the table
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| worst", "| worst", "| best", "| best"]
     assert "<script>" not in table and "p1" in lines[4]  # best row first = highest ROUGE-L
+
+
+def test_report_markdown_shows_each_headline_number_with_its_interval_and_the_checks_verdicts():
+    report = {
+        "checkpoint": "ckpt", "metrics": {"perplexity": 2.43127, "rouge_l": 0.5612, "bleu": 12.5},
+        "intervals": {"perplexity": {"low": 2.38, "high": 2.4901}, "rouge_l": {"low": 0.28, "high": 0.61},
+                      "bleu": {"low": None, "high": None}, "exact_accuracy/addition": {"low": 0.1, "high": 0.14}},
+        "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0, "unit": {}},
+        "exact_accuracy": {"addition": {"accuracy": 0.12, "correct": 12, "total": 100, "low": 0.1, "high": 0.14}},
+        "checks": Thresholds().judge({"perplexity": 2.43127, "rouge_l": 0.5612},
+                                     intervals={"perplexity": {"low": 2.38, "high": 2.4901},
+                                                "rouge_l": {"low": 0.28, "high": 0.61}}),
+    }
+    lines = reports.evaluation_markdown(report, []).splitlines()
+    assert "| perplexity | 2.431 (95% CI 2.38–2.49) |" in lines
+    assert "| rouge\\_l | 0.5612 (95% CI 0.28–0.61) |" in lines  # names escaped: task names are data
+    assert "| bleu | 12.5 |" in lines  # no interval: the number alone, never a made-up one
+    assert "| exact\\_accuracy/addition | 0.12 (95% CI 0.1–0.14) |" in lines
+    assert "| `perplexity_below_threshold` | 2.4313 | 2.38–2.49 | 20.0000 | yes | yes |" in lines
+    assert "| `rouge_l_above_threshold` | 0.5612 | 0.28–0.61 | 0.3000 | yes | no |" in lines  # 0.28 < 0.3
+    assert "| addition | 0.1200 | 0.1–0.14 | 12 | 100 |" in lines
 
 
 def test_sample_analysis_features():
@@ -134,7 +156,8 @@ def test_each_size_is_judged_by_the_thresholds_its_report_recorded(tmp_path):
 def test_the_report_records_the_thresholds_its_checks_used(tmp_path):
     bars = Thresholds(perplexity_below=40.0)
     checks = bars.judge({"perplexity": 30.0, "rouge_l": 0.35})
-    assert checks["perplexity_below_threshold"] == {"passed": True, "value": 30.0, "threshold": 40.0}
+    assert checks["perplexity_below_threshold"] == {"passed": True, "value": 30.0, "threshold": 40.0,
+                                                    "low": None, "high": None, "interval_clears": False}
     assert Thresholds.recorded_in({"thresholds": asdict(bars)}) == bars
     spec = EvalSpec(checkpoint_path="c", validation_path="v", test_path="t", output_dir="o", run_dir="r",
                     thresholds=bars)
@@ -202,7 +225,27 @@ def test_evaluate_and_sample_jobs_end_to_end(tmp_path):
     assert report["bleu_signature"].startswith("nrefs:1")
     preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 6 and {"prompt", "reference", "prediction", "rouge_l", "bleu"} <= set(preds[0])
-    assert "Worst and best rows" in (tmp_path / "eval" / "report.md").read_text()
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert "Worst and best rows" in markdown and "95% CI" in markdown
+
+    # Error bars: every headline number, each per-task accuracy, and the checks' verdicts on them.
+    intervals = report["intervals"]
+    assert set(intervals) == {"perplexity", "rouge1", "rouge2", "rouge_l", "bleu", "chrf", "exact_accuracy",
+                              "exact_accuracy/addition", "exact_accuracy/arithmetic"}
+    assert report["bootstrap"] == {"resamples": 1000, "confidence": 0.95, "seed": 0,
+                                   "unit": {k: "block" if k == "perplexity" else "row" for k in intervals}}
+    assert intervals["perplexity"]["low"] <= metrics["perplexity"] <= intervals["perplexity"]["high"]
+    assert intervals["perplexity"]["low"] < intervals["perplexity"]["high"]  # 3 blocks: some spread
+    # Recomputed from predictions.jsonl alone: the interval of the rows' ROUGE-L and exact answers.
+    rouge_l = spec.bootstrap().mean([row["rouge_l"] for row in preds])
+    assert intervals["rouge_l"] == pytest.approx(rouge_l.as_dict())
+    hits = [int(answer_matches(row["prediction"], row["answer"])) for row in preds if row["task"] == "addition"]
+    addition = spec.bootstrap().mean(hits).as_dict()
+    assert intervals["exact_accuracy/addition"] == pytest.approx(addition)
+    assert {k: report["exact_accuracy"]["addition"][k] for k in ("low", "high")} == intervals["exact_accuracy/addition"]
+    check = report["checks"]["perplexity_below_threshold"]
+    assert (check["low"], check["high"], check["interval_clears"]) == (
+        intervals["perplexity"]["low"], intervals["perplexity"]["high"], False)
 
     sspec = SampleSpec(checkpoint_path=str(checkpoint), output_dir=str(tmp_path / "samples"),
                        run_dir=str(tmp_path / "run"), temperatures=(0.7, 1.0), variations=2, max_new_tokens=8,
@@ -251,6 +294,9 @@ def test_evaluation_metadata_has_the_headline_keys_as_floats(tmp_path):
     keys = ["perplexity", "perplexity_all_tokens", "bits_per_byte", "rouge1", "rouge2", "rouge_l", "bleu", "chrf",
             "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu", "exact_accuracy"]
     assert all(type(reporter.metadata[k]) is float for k in keys)
+    for key in ("perplexity", "rouge1", "rouge2", "rouge_l", "bleu", "chrf", "exact_accuracy"):
+        low, high = reporter.metadata[f"{key}_ci_low"], reporter.metadata[f"{key}_ci_high"]
+        assert type(low) is float and type(high) is float and low <= reporter.metadata[key] <= high, key
     assert reporter.metadata["num_samples"] == 4 and reporter.metadata["bleu_signature"].startswith("nrefs:1")
     assert reporter.metadata["worst_and_best_rows"]["type"] == "md"
     assert math.isnan(reporter.metadata["probe_accuracy"])  # probes off: reported as NaN, not 0

@@ -98,10 +98,13 @@ def test_evaluation_checks_executed_with_values(dagster_dev: DagsterDev, whole_g
         assert execution["status"] in ("SUCCEEDED", "FAILED"), execution  # evaluated, not skipped/errored
         evaluation = execution["evaluation"]
         assert evaluation["severity"] == "WARN"
-        values = {e["label"]: e["floatValue"] for e in evaluation["metadataEntries"]}
-        assert set(values) == {"value", "threshold"}
+        values = {e["label"]: e.get("floatValue", e.get("boolValue")) for e in evaluation["metadataEntries"]}
+        assert set(values) == {"value", "threshold", "ci_low", "ci_high", "interval_clears"}
+        # The interval is the metric's, so it brackets the point estimate the check judged.
+        assert values["ci_low"] <= values["value"] <= values["ci_high"]
+        assert isinstance(values["interval_clears"], bool)
         assert evaluation["success"] == (execution["status"] == "SUCCEEDED")
-    assert {e["label"]: e["floatValue"] for e in
+    assert {e["label"]: e.get("floatValue") for e in
             checks["perplexity_below_threshold"]["executionForLatestMaterialization"]["evaluation"]["metadataEntries"]
             }["threshold"] == 20.0
 

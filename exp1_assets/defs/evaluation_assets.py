@@ -42,7 +42,12 @@ class EvaluationConfig(Config):
     max_eval_blocks: Optional[int] = Field(default=None, description="Validation blocks for perplexity (unset: all)")
     perplexity_threshold: Optional[float] = Field(default=None, description="Check: perplexity must be below (plan: 20)")
     rouge_l_threshold: Optional[float] = Field(default=None, description="Check: ROUGE-L must be above (plan: 0.3)")
-    seed: Optional[int] = Field(default=None, description="Which test conversations are sampled")
+    seed: Optional[int] = Field(
+        default=None, description="Which test conversations are sampled, and the bootstrap's resamples")
+    bootstrap_resamples: Optional[int] = Field(
+        default=None, description="Bootstrap resamples behind each confidence interval (at least 100)")
+    bootstrap_confidence: Optional[float] = Field(
+        default=None, description="Coverage of the confidence intervals, in (0, 1)")
 
     def thresholds(self) -> Thresholds:
         given = {"perplexity_below": self.perplexity_threshold, "rouge_l_above": self.rouge_l_threshold}
@@ -85,12 +90,18 @@ def evaluation_report(
         check_results=[
             AssetCheckResult(
                 check_name=name, passed=bool(report["checks"][name]["passed"]), severity=AssetCheckSeverity.WARN,
-                metadata={"value": _float(report["checks"][name]["value"]),
-                          "threshold": _float(report["checks"][name]["threshold"])},
+                metadata=_check_metadata(report["checks"][name]),
             )
             for name in CHECK_DESCRIPTIONS
         ],
     )
+
+
+def _check_metadata(check: dict[str, Any]) -> dict[str, Any]:
+    """The point estimate, the bar, the metric's interval and whether all of it clears the bar."""
+    return {"value": _float(check["value"]), "threshold": _float(check["threshold"]),
+            "ci_low": _float(check.get("low")), "ci_high": _float(check.get("high")),
+            "interval_clears": bool(check.get("interval_clears", False))}
 
 
 class SampleConfig(Config):

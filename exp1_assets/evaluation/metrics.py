@@ -22,6 +22,7 @@ import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from exp1_assets.data.blocks import BLOCK_COLUMNS, IGNORE_INDEX, block_column, collate_blocks
@@ -32,8 +33,8 @@ from exp1_assets.data.blocks import BLOCK_COLUMNS, IGNORE_INDEX, block_column, c
 # ---------------------------------------------------------------------------------------------
 def token_nll_sums(
     model: Any, blocks: Any, *, batch_size: int, device: str, pad_token_id: int
-) -> dict[str, float | int]:
-    """Summed next-token NLL (nats) and token counts over packed blocks.
+) -> dict[str, Any]:
+    """Summed next-token NLL (nats) and token counts over packed blocks, in total and per block.
 
     `blocks` is anything indexable whose rows follow the packed-block contract (data/blocks.py:
     `input_ids`, `labels`, `position_ids`): a `datasets.Dataset` or a list of dicts. Two
@@ -42,13 +43,16 @@ def token_nll_sums(
     - all: every non-pad token (the research scripts' definition).
     A token whose position id is 0 starts a conversation: predicting it from the previous
     conversation's last token crosses a document boundary, so it is never counted.
+    `block_nll_assistant` / `block_tokens_assistant` hold the assistant sums of each block, in
+    block order: the units the perplexity's bootstrap interval resamples (bootstrap.py).
     """
     import torch
     import torch.nn.functional as F
 
     if batch_size <= 0:
         raise ValueError(f"batch_size: must be positive, got {batch_size}")
-    totals = {"nll_assistant": 0.0, "tokens_assistant": 0, "nll_all": 0.0, "tokens_all": 0}
+    totals: dict[str, Any] = {"nll_assistant": 0.0, "tokens_assistant": 0, "nll_all": 0.0, "tokens_all": 0,
+                              "block_nll_assistant": [], "block_tokens_assistant": []}
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -74,6 +78,8 @@ def token_nll_sums(
             totals["tokens_assistant"] += int(assistant.sum())
             totals["nll_all"] += float(nll[every].sum())
             totals["tokens_all"] += int(every.sum())
+            totals["block_nll_assistant"] += torch.where(assistant, nll, 0.0).sum(dim=1, dtype=torch.float64).tolist()
+            totals["block_tokens_assistant"] += assistant.sum(dim=1).tolist()
     if was_training and hasattr(model, "train"):
         model.train()
     return totals
@@ -147,14 +153,44 @@ def mean_rouge(per_row: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in per_row) / len(per_row) for k in keys}
 
 
-def corpus_bleu_chrf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """Corpus BLEU and chrF (0-100) with their sacrebleu signatures (how to reproduce the number)."""
+@dataclass(frozen=True)
+class CorpusStatistics:
+    """Per-row sufficient statistics of one sacrebleu corpus metric (its score is a function of their
+    column sums: an exact, fast bootstrap, as sacrebleu's own does), and the metric that scores them."""
+
+    rows: list[list[int]]
+    metric: Any  # the sacrebleu BLEU or CHRF object the rows were extracted with
+
+    def score(self, summed: Sequence[int]) -> float:
+        """The corpus score (0-100) of summed statistics."""
+        return float(self.metric._compute_score_from_stats(list(summed)).score)
+
+
+def corpus_statistics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, CorpusStatistics]:
+    """BLEU and chrF statistics per row (sacrebleu defaults, one reference per row): `corpus_score`'s
+    steps without its final sum, so they are extracted once for the score and its interval."""
     from sacrebleu.metrics import BLEU, CHRF
 
     _check_pairs(predictions, references)
-    bleu, chrf = BLEU(), CHRF()
-    bleu_score = bleu.corpus_score(list(predictions), [list(references)])
-    chrf_score = chrf.corpus_score(list(predictions), [list(references)])
+    hypotheses, refs = list(predictions), [list(references)]
+    result = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        metric._check_corpus_score_args(hypotheses, refs)
+        result[name] = CorpusStatistics(rows=metric._extract_corpus_statistics(hypotheses, refs), metric=metric)
+    return result
+
+
+def corpus_bleu_chrf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF (0-100) with their sacrebleu signatures (how to reproduce the number)."""
+    return bleu_chrf_scores(corpus_statistics(predictions, references))
+
+
+def bleu_chrf_scores(statistics: Mapping[str, CorpusStatistics]) -> dict[str, Any]:
+    """What `corpus_bleu_chrf` returns, from statistics already extracted (`corpus_statistics`)."""
+    bleu, chrf = statistics["bleu"].metric, statistics["chrf"].metric
+    # _aggregate_and_compute is corpus_score's own last step: the same numbers, to the last bit.
+    bleu_score = bleu._aggregate_and_compute(statistics["bleu"].rows)
+    chrf_score = chrf._aggregate_and_compute(statistics["chrf"].rows)
     bleu_sig, chrf_sig = str(bleu.get_signature()), str(chrf.get_signature())
     return {
         "bleu": float(bleu_score.score), "bleu_signature": bleu_sig,
@@ -246,16 +282,34 @@ def answer_matches(prediction: str, answer: str) -> bool:
     return re.search(pattern, normalize_answer(prediction)) is not None
 
 
-def exact_accuracy(
+def exact_hits(
     *, predictions: Sequence[str], answers: Sequence[str | None], tasks: Sequence[str | None]
-) -> dict[str, dict[str, float | int]]:
-    """Per task family (and "all"): answer-containment accuracy over rows that have an answer."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+) -> dict[str, list[int]]:
+    """Per task family (and "all"): 1 or 0 for each row that has an answer, in row order.
+
+    >>> exact_hits(predictions=["4", "yes", "x"], answers=["4", "no", None], tasks=["add", "yes_no", "add"])
+    {'add': [1], 'all': [1, 0], 'yes_no': [0]}
+    """
+    hits: dict[str, list[int]] = defaultdict(list)
     for pred, answer, task in zip(predictions, answers, tasks):
         if answer is None or not str(answer).strip():
             continue
         hit = int(answer_matches(pred, str(answer)))
         for key in (task or "unknown", "all"):
-            counts[key][0] += hit
-            counts[key][1] += 1
-    return {k: {"accuracy": c / n, "correct": c, "total": n} for k, (c, n) in sorted(counts.items())}
+            hits[key].append(hit)
+    return dict(sorted(hits.items()))
+
+
+def exact_accuracy(
+    *, predictions: Sequence[str], answers: Sequence[str | None], tasks: Sequence[str | None]
+) -> dict[str, dict[str, float | int]]:
+    """Per task family (and "all"): answer-containment accuracy over rows that have an answer."""
+    return accuracy_by_task(exact_hits(predictions=predictions, answers=answers, tasks=tasks))
+
+
+def accuracy_by_task(hits: Mapping[str, Sequence[int]]) -> dict[str, dict[str, float | int]]:
+    """
+    >>> accuracy_by_task({"add": [1, 0], "all": [1, 0]})["add"]
+    {'accuracy': 0.5, 'correct': 1, 'total': 2}
+    """
+    return {k: {"accuracy": sum(h) / len(h), "correct": sum(h), "total": len(h)} for k, h in hits.items()}

@@ -63,25 +63,64 @@ def worst_and_best_rows(predictions: Sequence[Mapping[str, Any]], k: int) -> str
     return md_table(["", "ROUGE-L", "BLEU", "prompt", "reference", "prediction"], rows)
 
 
+def format_with_interval(value: Any, interval: Mapping[str, Any] | None, *, confidence: float) -> str:
+    """A headline number as "value (95% CI low–high)", 4 significant digits; just the value without an interval.
+
+    >>> format_with_interval(2.43127, {"low": 2.38, "high": 2.4901}, confidence=0.95)
+    '2.431 (95% CI 2.38–2.49)'
+    >>> format_with_interval(0.5, {"low": None, "high": None}, confidence=0.95)
+    '0.5'
+    """
+    if not _finite(value):
+        return "n/a"
+    text = f"{value:.4g}"
+    low, high = (interval or {}).get("low"), (interval or {}).get("high")
+    if _finite(low) and _finite(high):
+        text += f" ({confidence * 100:g}% CI {low:.4g}–{high:.4g})"
+    return text
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _interval_cell(entry: Mapping[str, Any]) -> str:
+    low, high = entry.get("low"), entry.get("high")
+    return f"{low:.4g}–{high:.4g}" if _finite(low) and _finite(high) else "n/a"
+
+
 def evaluation_markdown(report: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], *, k: int = 5) -> str:
     headline = report["metrics"]
-    parts = [f"# Evaluation: {md_escape(str(report.get('checkpoint', '')))}", "",
-             md_table(["metric", "value"], [[f"`{n}`", v] for n, v in headline.items()
-                                             if isinstance(v, (int, float))]), ""]
+    parts = [f"# Evaluation: {md_escape(str(report.get('checkpoint', '')))}", ""]
+    intervals, bootstrap = report.get("intervals") or {}, report.get("bootstrap") or {}
+    if intervals:  # the headline numbers with their error bars, before the full table
+        confidence = bootstrap.get("confidence", 0.95)
+        values = {**headline, **{f"exact_accuracy/{task}": entry["accuracy"]
+                                 for task, entry in (report.get("exact_accuracy") or {}).items()}}
+        parts += [f"## Headline numbers ({confidence * 100:g}% bootstrap CI, {bootstrap.get('resamples')} resamples, "
+                  f"seed {bootstrap.get('seed')}; perplexity resamples validation blocks, the rest test rows)", "",
+                  md_table(["metric", "value"], [[md_escape(name), format_with_interval(
+                      values.get(name), interval, confidence=confidence)] for name, interval in intervals.items()]), ""]
+    parts += ["## All numbers", "", md_table(["metric", "value"], [[f"`{n}`", v] for n, v in headline.items()
+                                                                   if isinstance(v, (int, float))]), ""]
     checks = report.get("checks") or {}
     if checks:  # the bars this report was judged by (report["thresholds"]), next to the values
         parts += ["## The research plan's bars", "",
-                  md_table(["check", "value", "threshold", "passed"],
-                           [[f"`{name}`", c["value"], c["threshold"], "yes" if c["passed"] else "no"]
-                            for name, c in checks.items()]), ""]
+                  "`passed` judges the point estimate; `interval clears` says whether the whole interval is on the "
+                  "passing side of the bar.", "",
+                  md_table(["check", "value", "CI", "threshold", "passed", "interval clears"],
+                           [[f"`{name}`", c["value"], _interval_cell(c), c["threshold"], "yes" if c["passed"] else "no",
+                             "yes" if c.get("interval_clears") else "no"] for name, c in checks.items()]), ""]
     if report.get("bleu_signature"):
         parts += [f"BLEU signature: `{report['bleu_signature']}`  ", f"chrF signature: `{report.get('chrf_signature', '')}`", ""]
     for title, key in (("Exact-answer accuracy by task (answer contained, whole words)", "exact_accuracy"),
                        ("Probe accuracy by category", "probe_accuracy")):
         table = report.get(key) or {}
         if table:
-            parts += [f"## {title}", "", md_table(["task", "accuracy", "correct", "total"],
-                      [[md_escape(t), v["accuracy"], v["correct"], v["total"]] for t, v in table.items()]), ""]
+            ci = ["CI"] if any("low" in v for v in table.values()) else []  # probes have no intervals
+            parts += [f"## {title}", "", md_table(["task", "accuracy", *ci, "correct", "total"],
+                      [[md_escape(t), v["accuracy"], *[_interval_cell(v) for _ in ci], v["correct"], v["total"]]
+                       for t, v in table.items()]), ""]
     if predictions:
         parts += ["## Worst and best rows (ROUGE-L)", "", worst_and_best_rows(predictions, k), ""]
     return "\n".join(parts)
