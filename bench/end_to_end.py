@@ -38,9 +38,10 @@ QUICK_CONFIG = {"ops": {
                                     "per_device_batch": 4}},
     "evaluation_report": {"config": {"num_samples": 8, "max_new_tokens": 16, "max_eval_blocks": 4}},
     "sample_set": {"config": {"variations": 1, "temperatures": [0.8], "max_new_tokens": 8}},
+    "benchmark_report": {"config": {"builtin_docs": 8}},
 }}
 LAUNCHED = {"model_checkpoint": "model_checkpoint", "evaluation_report": "evaluation_report",
-            "sample_set": "sample_set"}  # step key -> artifact name under runs/
+            "sample_set": "sample_set", "benchmark_report": "benchmark_report"}  # step key -> artifact name under runs/
 
 
 def step_times(instance, run_id: str) -> tuple[dict[str, dict[str, float]], list[tuple[float, str]]]:

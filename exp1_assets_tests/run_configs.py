@@ -21,6 +21,7 @@ def fast_run_config(*, max_steps: int = 12, save_steps: int = 6, builtin_size: i
                                             "per_device_batch": 4}},
             "evaluation_report": {"config": {"num_samples": 16, "max_new_tokens": 24, "max_eval_blocks": 8}},
             "sample_set": {"config": {"variations": 1, "temperatures": [0.8], "max_new_tokens": 16}},
+            "benchmark_report": {"config": {"builtin_docs": 12}},
         }
     }
 
