@@ -1,6 +1,8 @@
 """The model-size registry: shapes and per-size training defaults (pure data).
 
-One `ModelSize` per partition key (`tiny`, `125M`, `350M`, `500M`, `1B`, `1.5B`). The shapes,
+One `ModelSize` per partition key: the research plan's sizes (`125M`, `350M`, `500M`, `1B`, `1.5B`,
+role "plan"), `tiny` (role "debug") and a CPU scaling ladder (`ladder-1M`, `ladder-2.5M`,
+`ladder-16M`, role "ladder"; not the plan's, see below). The plan's shapes,
 batch sizes, accumulation and learning rates are the research plan's (GPT-2 style), kept as-is;
 what the plan's names promise and what the shapes deliver is computed, not guessed
 (`training.memory.param_count`, built on the `meta` device) and written down in each size's `note`.
@@ -35,6 +37,26 @@ Dropout defaults to 0.0 everywhere: dropout > 0 pushes SDPA off its fused kernel
 ran ~1.7x slower per step with 0.1 than with 0 on CPU, DESIGN.md), and from-scratch runs that see
 each token about once do not need the regularization. The spec can override it.
 
+The CPU scaling ladder (not the research plan's sizes): `make ladder` trains it with `tiny` so
+that the size comparison can fit final validation loss against parameters on a laptop (2 cores).
+Every rung keeps tiny's proportions (head dim 64, ffn 4 x hidden) and grows width and depth
+together (hidden = 64 x layers; tiny is the 256x4 rung), and trains with tiny's settings: batch
+8 x 256-token blocks, 300 steps, lr 1e-3 cosine with 5% warmup, so every size sees the same
+614,400 tokens (2,400 packed blocks, ~0.69 of the built-in corpus's 3,482 training blocks). The
+names are the llama counts at the vocabulary the default run trains: the built-in corpus's BPE,
+asked for 4,096 tokens (`TokenizerSpec.vocab_size`), stops at 3,853 (tied embeddings):
+
+    size          h x L x heads x ffn    params at vocab 3,853   of them embedding   step time vs tiny
+    ladder-1M      128x2x2x512            1,018,112               493,184             x0.25-0.37
+    ladder-2.5M    192x3x3x768            2,510,592               739,776             x0.52-0.63
+    tiny           256x4x4x1024           5,182,976               986,368             x1
+    ladder-16M     384x6x6x1536          15,640,320             1,479,552             x2.2-2.5
+
+(step time: a training step of 8 x 256 tokens, 2 threads, fp32, the project's packed blocks, the
+four shapes interleaved step by step; three runs of 10-30 steps each on a shared machine under
+load 4-10. FLOPs per token give x0.20 / x0.49 / x1 / x2.95.) A run records the count it
+trained in `train_result.json`; the comparison fits those, not this table.
+
 This module imports nothing from the rest of the package and no torch: the Dagster code server
 imports it on every reload, and the model code (training/) imports it. Parameter counts and memory
 estimates, which build models, live in `exp1_assets.training.memory`.
@@ -42,9 +64,14 @@ estimates, which build models, live in `exp1_assets.training.memory`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 GPT2_VOCAB_SIZE = 50257
+
+SizeRole = Literal["plan", "debug", "ladder"]
+SIZE_ROLES: tuple[str, ...] = get_args(SizeRole)
 
 # Chosen from the tiny-model measurement in the module docstring (lower loss at equal steps).
 DEFAULT_ARCHITECTURE = "llama"
@@ -55,6 +82,12 @@ class ModelSize:
     """One model size: its shape and the per-size training recommendations."""
 
     name: str
+    role: SizeRole
+    """What the size is for. "plan": one of the research plan's sizes (125M ... 1.5B), its shape and
+    training recommendations kept as the plan gives them. "debug": not the plan's; `tiny`, the
+    few-million-parameter size that runs the whole graph on a laptop CPU in minutes (`make run`).
+    "ladder": not the plan's; a CPU scaling ladder (`make ladder`) that trains with tiny's settings
+    on the same tokens, so that the size comparison can fit loss against parameters on a laptop."""
     hidden: int
     layers: int
     heads: int
@@ -76,6 +109,8 @@ class ModelSize:
     note: str | None = None  # where the name and the computed count disagree by more than 5%
 
     def __post_init__(self) -> None:
+        if self.role not in SIZE_ROLES:
+            raise ValueError(f"ModelSize {self.name!r}: role must be one of {SIZE_ROLES}, got {self.role!r}")
         for name in ("hidden", "layers", "heads", "intermediate", "max_positions",
                      "per_device_batch", "grad_accum", "max_length"):
             value = getattr(self, name)
@@ -115,21 +150,31 @@ class ModelSize:
 def _plan_size(name: str, hidden: int, layers: int, heads: int, *, batch: int, accum: int,
                lr: float, checkpointing: bool, nominal: int, note: str | None = None) -> ModelSize:
     return ModelSize(
-        name=name, hidden=hidden, layers=layers, heads=heads, intermediate=4 * hidden,
+        name=name, role="plan", hidden=hidden, layers=layers, heads=heads, intermediate=4 * hidden,
         max_positions=2048, per_device_batch=batch, grad_accum=accum, learning_rate=lr,
         gradient_checkpointing=checkpointing, nominal_params=nominal, note=note,
     )
 
 
+# A few million parameters at a ~4-8k trained vocabulary (16.5 M at 50257, mostly embedding):
+# learns the built-in corpus on a laptop CPU in minutes. High lr + short warmup because the
+# runs are short; batch 8 x accum 1 keeps a CPU step well under a second at 256 tokens.
+_TINY = ModelSize(
+    name="tiny", role="debug", hidden=256, layers=4, heads=4, intermediate=1024, max_positions=512,
+    per_device_batch=8, grad_accum=1, learning_rate=1e-3, warmup_ratio=0.05,
+    max_length=256, max_steps=300,
+)
+
+
+def _ladder_size(name: str, *, layers: int) -> ModelSize:
+    """A rung of the CPU ladder: tiny's training settings (the same tokens) and proportions, hidden = 64 x layers."""
+    hidden = 64 * layers
+    return dataclasses.replace(_TINY, name=name, role="ladder", hidden=hidden, layers=layers,
+                               heads=hidden // 64, intermediate=4 * hidden)
+
+
 SIZES: dict[str, ModelSize] = {
-    # A few million parameters at a ~4-8k trained vocabulary (16.5 M at 50257, mostly embedding):
-    # learns the built-in corpus on a laptop CPU in minutes. High lr + short warmup because the
-    # runs are short; batch 8 x accum 1 keeps a CPU step well under a second at 256 tokens.
-    "tiny": ModelSize(
-        name="tiny", hidden=256, layers=4, heads=4, intermediate=1024, max_positions=512,
-        per_device_batch=8, grad_accum=1, learning_rate=1e-3, warmup_ratio=0.05,
-        max_length=256, max_steps=300,
-    ),
+    "tiny": _TINY,
     "125M": _plan_size("125M", 768, 12, 12, batch=16, accum=2, lr=2e-4, checkpointing=False,
                        nominal=125_000_000),
     "350M": _plan_size("350M", 1024, 20, 16, batch=8, accum=4, lr=2e-4, checkpointing=True,
@@ -148,6 +193,11 @@ SIZES: dict[str, ModelSize] = {
                        nominal=1_500_000_000,
                        note="1600x32 is 1067.4M params as GPT-2 at vocab 50257 (-28.8%; GPT-2 XL "
                             "1.5B is 1600x48); 1391.2M as llama with tied embeddings (-7.3%)."),
+    # Not the plan's: the CPU scaling ladder (`make ladder`), after the plan's sizes so that
+    # their partition order stays as it was.
+    "ladder-1M": _ladder_size("ladder-1M", layers=2),
+    "ladder-2.5M": _ladder_size("ladder-2.5M", layers=3),
+    "ladder-16M": _ladder_size("ladder-16M", layers=6),
 }
 
 

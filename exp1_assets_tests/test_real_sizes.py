@@ -188,7 +188,7 @@ def test_size_registry_table_states_the_built_param_counts() -> None:
     import exp1_assets.sizes
 
     rows = re.findall(r"^\s+(\S+)\s+\d+ x \d+ x \d+ x \d+\s+([\d.]+) M\s+([\d.]+) M", exp1_assets.sizes.__doc__, re.M)
-    assert tuple(row[0] for row in rows) == PLAN_SIZES == tuple(name for name in SIZES if name != "tiny")
+    assert tuple(row[0] for row in rows) == PLAN_SIZES == tuple(name for name in SIZES if SIZES[name].role == "plan")
     for name, gpt2, llama in rows:
         for architecture, stated in (("gpt2", gpt2), ("llama", llama)):
             count = closed_form_params(get_size(name), architecture=architecture, vocab_size=GPT2_VOCAB_SIZE)

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
+import exp1_assets.sizes
 from exp1_assets.sizes import GPT2_VOCAB_SIZE, SIZES, get_size
 from exp1_assets.training.memory import param_count
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the default run's tokenizer holds: the built-in corpus's BPE, asked for 4096, stops at 3853.
+TRAINED_VOCAB = 3853
+LADDER_SHAPES = {  # hidden x layers x heads x intermediate, exact llama count at TRAINED_VOCAB
+    "ladder-1M": (128, 2, 2, 512, 1_018_112),
+    "ladder-2.5M": (192, 3, 3, 768, 2_510_592),
+    "ladder-16M": (384, 6, 6, 1536, 15_640_320),
+}
 
 PLAN_SHAPES = {  # research plan: hidden x layers x heads x intermediate, batch, accum, lr
     "125M": (768, 12, 12, 3072, 16, 2, 2e-4),
@@ -19,7 +31,57 @@ PLAN_SHAPES = {  # research plan: hidden x layers x heads x intermediate, batch,
 
 
 def test_registry_keys_are_the_partition_keys():
-    assert list(SIZES) == ["tiny", "125M", "350M", "500M", "1B", "1.5B"]
+    assert list(SIZES) == ["tiny", "125M", "350M", "500M", "1B", "1.5B", "ladder-1M", "ladder-2.5M", "ladder-16M"]
+
+
+def test_each_size_is_marked_with_its_role():
+    assert {name: size.role for name, size in SIZES.items()} == {
+        "tiny": "debug", **{name: "plan" for name in PLAN_SHAPES}, **{name: "ladder" for name in LADDER_SHAPES}}
+    assert all(name.startswith("ladder-") == (size.role == "ladder") for name, size in SIZES.items())
+    with pytest.raises(ValueError, match=r"ModelSize 'tiny': role must be one of \('plan', 'debug', 'ladder'\)"):
+        dataclasses.replace(get_size("tiny"), role="experiment")
+
+
+def _llama_tied_params(hidden: int, layers: int, intermediate: int, vocab: int) -> int:
+    """Embedding (tied with the head) + per layer q/k/v/o, gate/up/down and two RMSNorms + final norm."""
+    return vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden) + hidden
+
+
+@pytest.mark.parametrize("name", list(LADDER_SHAPES))
+def test_ladder_counts_at_the_trained_vocabulary_match_the_hand_formula_and_the_name(name):
+    hidden, layers, heads, ffn, expected = LADDER_SHAPES[name]
+    size = get_size(name)
+    assert (size.hidden, size.layers, size.heads, size.intermediate) == (hidden, layers, heads, ffn)
+    count = param_count(size, vocab_size=TRAINED_VOCAB, architecture="llama")
+    assert count == _llama_tied_params(hidden, layers, ffn, TRAINED_VOCAB) == expected
+    promised = float(re.fullmatch(r"ladder-([\d.]+)M", name).group(1)) * 1e6
+    assert abs(count / promised - 1) <= 0.05, (name, count)
+    assert size.nominal_params is None  # no promise at the plan's vocabulary 50257
+    assert f"{expected:,}" in exp1_assets.sizes.__doc__  # the docstring's table states it
+
+
+def test_the_ladder_trains_on_the_same_tokens_as_tiny_with_its_settings():
+    tiny = get_size("tiny")
+    assert _llama_tied_params(256, 4, 1024, TRAINED_VOCAB) == param_count(tiny, vocab_size=TRAINED_VOCAB)
+    for name in LADDER_SHAPES:
+        size = get_size(name)
+        # 300 steps x 8 blocks x 256 tokens = 614,400 tokens for every size
+        assert size.max_steps * size.effective_batch * size.max_length == 614_400
+        same = ("per_device_batch", "grad_accum", "max_length", "max_steps", "max_positions", "learning_rate",
+                "warmup_ratio", "weight_decay", "betas", "clip", "dropout", "gradient_checkpointing")
+        assert {f: getattr(size, f) for f in same} == {f: getattr(tiny, f) for f in same}
+        assert size.hidden // size.heads == 64 and size.intermediate == 4 * size.hidden
+
+
+def test_make_ladder_materializes_the_data_once_then_each_ladder_size_and_tiny():
+    makefile = (ROOT / "Makefile").read_text()
+    [sizes] = re.findall(r"^LADDER_SIZES := (.+)$", makefile, re.M)
+    expected = sorted(["tiny", *LADDER_SHAPES], key=lambda n: param_count(get_size(n), vocab_size=TRAINED_VOCAB))
+    assert sizes.split() == expected  # smallest first
+    recipe = makefile.split("\nladder: setup\n", 1)[1].split("\n\n", 1)[0]
+    assert "--select 'group:data'" in recipe and "--select 'model_checkpoint*' --partition $$size" in recipe
+    assert "for size in $(LADDER_SIZES)" in recipe and "size_comparison/comparison.md" in recipe
+    assert "make ladder" in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", list(PLAN_SHAPES))

@@ -247,11 +247,17 @@ def flops_per_token(size: ModelSize, *, params: int, seq_len: int, checkpointing
 
 
 def plan_table(*, vocab_size: int = GPT2_VOCAB_SIZE, architecture: str = DEFAULT_ARCHITECTURE) -> str:
-    """Every registered size x the research plan's machines, as the README's Markdown table."""
+    """The plan's sizes and tiny x the research plan's machines, as the README's Markdown table.
+
+    The CPU ladder's rungs are left out: they exist to train on a laptop, and at the plan's
+    vocabulary their counts would be mostly embedding ("ladder-1M" would read 7 M).
+    """
     header = ("| size | params | machine | strategy | checkpointing | micro x accum | per device (GiB) "
               "| epoch of OpenHermes-2.5 at 40% MFU |")
     lines = [header, "|" + "---|" * 8]
     for name, size in SIZES.items():
+        if size.role == "ladder":
+            continue
         params = param_count(size, vocab_size=vocab_size, architecture=architecture)
         for machine in MACHINES.values():
             try:
