@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 SIZE ?= tiny
 PORT ?= 3000
 
-.PHONY: setup home run dev chat test test-fast bench upgrade clean
+.PHONY: setup home run ladder dev chat test test-fast bench upgrade clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,25 @@ run: setup
 	@echo "size comparison report: $(EXP1_HOME)/size_comparison/comparison.md"
 	@echo "evaluation report:      $(EXP1_HOME)/evaluation_report/$(SIZE)/report.md"
 	@echo "samples:                $(EXP1_HOME)/sample_set/$(SIZE)/samples.html"
+	@echo "benchmarks:             $(EXP1_HOME)/benchmark_report/$(SIZE)/benchmarks.md"
+	@echo "report card:            $(EXP1_HOME)/report_card/$(SIZE)/card.md (and card.html)"
+	@echo "all sizes' card:        $(EXP1_HOME)/size_comparison/card.md (and card.html)"
+	@sed -n 's/^\*\*Verdict:\*\* /verdict: /p' "$(EXP1_HOME)/report_card/$(SIZE)/card.md"
+
+# A scaling trend on a laptop: the CPU ladder (exp1_assets/sizes.py, role "ladder": not the research
+# plan's sizes) plus tiny, smallest first, all on the same 614,400 tokens. The data assets once, then
+# each size's partition (training, evaluation, samples, benchmarks and what follows them); the last
+# size_comparison fits validation loss against parameters over all of them. ~20 min on 2 idle cores.
+# LADDER_ARGS adds options to each size's run, e.g. "--config-json '{...}'".
+LADDER_SIZES := ladder-1M ladder-2.5M tiny ladder-16M
+ladder: setup
+	$(BIN)/dagster asset materialize -m exp1_assets.definitions --select 'group:data' --config scripts/run_local.yaml
+	@set -e; for size in $(LADDER_SIZES); do \
+		echo "== $$size"; \
+		$(BIN)/dagster asset materialize -m exp1_assets.definitions --select 'model_checkpoint*' --partition $$size --config scripts/run_local.yaml $(LADDER_ARGS); \
+	done
+	@echo "size comparison report: $(EXP1_HOME)/size_comparison/comparison.md"
+	@grep -m1 -E '^(Fit|No power-law fit):' "$(EXP1_HOME)/size_comparison/comparison.md"
 
 # The web UI (webserver + daemon) on loopback only: the UI can launch arbitrary runs.
 dev: setup

@@ -15,8 +15,8 @@ from exp1_assets_tests.dagster_dev import LOCATION, REPOSITORY, DagsterDev
 GROUPS = {
     "data": ["raw_conversations", "conversation_splits", "tokenizer", "packed_dataset"],
     "training": ["model_checkpoint"],
-    "evaluation": ["evaluation_report", "sample_set"],
-    "reporting": ["size_comparison"],
+    "evaluation": ["evaluation_report", "sample_set", "benchmark_report"],
+    "reporting": ["report_card", "size_comparison"],
 }
 ASSETS = [name for names in GROUPS.values() for name in names]
 

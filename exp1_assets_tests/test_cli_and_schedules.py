@@ -23,8 +23,9 @@ from exp1_assets_tests.dagster_dev import BIN, REPO, dev_env, make_dagster_home
 from exp1_assets_tests.run_configs import fast_run_config, only
 
 ASSETS = ["raw_conversations", "conversation_splits", "tokenizer", "packed_dataset",
-          "model_checkpoint", "evaluation_report", "sample_set", "size_comparison"]
-GPU_ASSETS = ["model_checkpoint", "evaluation_report", "sample_set"]
+          "model_checkpoint", "evaluation_report", "sample_set", "benchmark_report", "report_card", "size_comparison"]
+GPU_ASSETS = ["model_checkpoint", "evaluation_report", "sample_set", "benchmark_report"]
+PARTITIONED = [*GPU_ASSETS, "report_card"]
 # One process for all steps: the same assets and config, without a process start-up per step.
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
@@ -90,13 +91,13 @@ def test_cli_materializes_the_whole_graph_into_dagster_home(cli_home: dict[str, 
         assert isinstance(materialization.metadata[metric].value, float), metric
     # Same run for every stage: the selection spans data, training and evaluation.
     run_ids = {latest_materialization(cli_home["dagster_home"], name,
-                                      "tiny" if name in GPU_ASSETS else None).run_id for name in ASSETS}
+                                      "tiny" if name in PARTITIONED else None).run_id for name in ASSETS}
     assert run_ids == {report.run_id}
     assert (cli_home["exp1_home"] / "evaluation_report" / "tiny" / "report.json").is_file()
 
 
 def test_cli_star_selection_is_the_whole_graph(cli_home: dict[str, Any]) -> None:
-    # `make run` uses --select '*'; it must mean all eight assets.
+    # `make run` uses --select '*'; it must mean all ten assets.
     proc = dagster_cli("asset", "list", "-m", "exp1_assets.definitions", "--select", "*", env=cli_home["env"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(proc.stdout.split()) == sorted(ASSETS)
@@ -117,8 +118,9 @@ def test_weekly_schedule_requests_one_run_per_size() -> None:
         context = build_schedule_context(instance=instance, scheduled_execution_time=monday,
                                          repository_def=defs.get_repository_def())
         requests = schedule.evaluate_tick(context).run_requests
-    assert [r.partition_key for r in requests] == list(SIZES) == ["tiny", "125M", "350M", "500M", "1B", "1.5B"]
-    assert len({r.run_key for r in requests}) == 6  # distinct keys: none deduplicated away
+    assert [r.partition_key for r in requests] == list(SIZES) == [
+        "tiny", "125M", "350M", "500M", "1B", "1.5B", "ladder-1M", "ladder-2.5M", "ladder-16M"]
+    assert len({r.run_key for r in requests}) == 9  # distinct keys: none deduplicated away
     for request in requests:
         assert request.tags["dagster/partition"] == request.partition_key
         assert request.run_key.endswith("20261123-0300")

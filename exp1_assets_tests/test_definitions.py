@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "exp1_assets"
 EXPECTED_GROUPS = {
     "raw_conversations": "data", "conversation_splits": "data", "tokenizer": "data", "packed_dataset": "data",
     "model_checkpoint": "training", "evaluation_report": "evaluation", "sample_set": "evaluation",
-    "size_comparison": "reporting",
+    "benchmark_report": "evaluation", "report_card": "reporting", "size_comparison": "reporting",
 }
 
 
@@ -33,11 +33,13 @@ def test_partitioned_assets_use_the_size_registry() -> None:
     from exp1_assets.sizes import SIZES
 
     graph = defs.resolve_asset_graph()
-    for name in ("model_checkpoint", "evaluation_report", "sample_set"):
+    for name in ("model_checkpoint", "evaluation_report", "sample_set", "benchmark_report", "report_card"):
         node = graph.get(AssetKey(name))
         assert node.partitions_def is not None
-        assert node.partitions_def.get_partition_keys() == list(SIZES) == ["tiny", "125M", "350M", "500M", "1B", "1.5B"]
-        assert node.pools == {"gpu"}
+        assert node.partitions_def.get_partition_keys() == list(SIZES) == [
+            "tiny", "125M", "350M", "500M", "1B", "1.5B", "ladder-1M", "ladder-2.5M", "ladder-16M"]
+        # Launched jobs queue on the gpu pool; the report card only reads JSON files.
+        assert node.pools == ({"gpu"} if name != "report_card" else set())
     assert graph.get(AssetKey("size_comparison")).partitions_def is None
 
 
@@ -51,6 +53,7 @@ def test_checks_are_declared() -> None:
         ("tokenizer", "tokenizer_roundtrip"), ("packed_dataset", "blocks_well_formed"),
         ("model_checkpoint", "loss_finite"), ("model_checkpoint", "validation_loss_decreased"),
         ("evaluation_report", "perplexity_below_threshold"), ("evaluation_report", "rouge_l_above_threshold"),
+        ("benchmark_report", "benchmarks_above_chance"),
     }
     # The checks of size-partitioned assets are partitioned by size too, so each size keeps its own
     # results; the others have no partitions.
@@ -61,6 +64,7 @@ def test_checks_are_declared() -> None:
     assert partitioned == {
         ("model_checkpoint", "loss_finite"), ("model_checkpoint", "validation_loss_decreased"),
         ("evaluation_report", "perplexity_below_threshold"), ("evaluation_report", "rouge_l_above_threshold"),
+        ("benchmark_report", "benchmarks_above_chance"),
     }
     assert all(graph.get(k).partitions_def is None for k in graph.asset_check_keys
                if (k.asset_key.to_user_string(), k.name) not in partitioned)

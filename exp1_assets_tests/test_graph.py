@@ -105,8 +105,10 @@ def test_whole_graph_reaches_the_research_plans_thresholds(exp1_home: Path, dags
     """
     config = {"ops": {"model_checkpoint": {"config": {"max_steps": 150, "save_steps": 50, "eval_steps": 50}},
                       "evaluation_report": {"config": {"num_samples": 300}},
-                      "sample_set": {"config": {"variations": 1, "max_new_tokens": 48}}}}
-    result = materialize(_assets(*DATA, "model_checkpoint", "evaluation_report", "sample_set", "size_comparison"),
+                      "sample_set": {"config": {"variations": 1, "max_new_tokens": 48}},
+                      "benchmark_report": {"config": {"builtin_docs": 60}}}}
+    result = materialize(_assets(*DATA, "model_checkpoint", "evaluation_report", "sample_set", "benchmark_report",
+                                 "report_card", "size_comparison"),
                          instance=dagster_instance, resources=_resources(exp1_home), run_config=config,
                          partition_key="tiny")
     assert result.success
@@ -132,6 +134,18 @@ def test_whole_graph_reaches_the_research_plans_thresholds(exp1_home: Path, dags
     out = model.generate(**prompt, max_new_tokens=40, do_sample=False)
     new = out[0, prompt["input_ids"].shape[1]:].tolist()
     assert tok.convert_tokens_to_ids("<|im_end|>") in new  # learned to stop
+
+    # The benchmarks ran through lm-evaluation-harness on the built-in offline tasks, and the card
+    # states the verdict in words from the same numbers.
+    benchmarks = json.loads((exp1_home / "benchmark_report" / "tiny" / "benchmarks.json").read_text())
+    assert set(benchmarks["tasks"]) == {"exp1_answer_choice", "exp1_arithmetic_exact"}
+    choice = benchmarks["tasks"]["exp1_answer_choice"]
+    assert 0 < choice["chance"] < 1 and choice["samples"] == 60 and 0 <= choice["value"] <= 1
+    assert "benchmarks_above_chance" in checks
+    card = _metadata(dagster_instance, "report_card", "tiny")
+    assert card["verdict"].startswith("meets the plan's perplexity and ROUGE-L bars"), card["verdict"]
+    assert "exact answers" in card["verdict"] and "benchmark" in card["verdict"]
+    assert (exp1_home / "report_card" / "tiny" / "card.html").is_file()
 
     comparison = _metadata(dagster_instance, "size_comparison")
     assert comparison["sizes"] == 1 and "tiny" in comparison["table"]

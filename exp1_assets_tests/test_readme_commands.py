@@ -28,8 +28,9 @@ from exp1_assets_tests.run_configs import fast_run_config, only
 README = REPO / "README.md"
 TESTS = Path(__file__).resolve().parent
 DATA = ["conversation_splits", "packed_dataset", "raw_conversations", "tokenizer"]
-ALL = sorted([*DATA, "model_checkpoint", "evaluation_report", "sample_set", "size_comparison"])
-SIZES = ["tiny", "125M", "350M", "500M", "1B", "1.5B"]
+ALL = sorted([*DATA, "model_checkpoint", "evaluation_report", "sample_set", "benchmark_report", "report_card",
+              "size_comparison"])
+SIZES = ["tiny", "125M", "350M", "500M", "1B", "1.5B", "ladder-1M", "ladder-2.5M", "ladder-16M"]
 MATERIALIZE = "dagster asset materialize -m exp1_assets.definitions --select"
 
 # README command -> the tests that run it ("file::test"; a bare name is in this file).
@@ -37,6 +38,7 @@ COVERED_BY: dict[str, list[str]] = {
     "make run": ["test_make_prints_the_commands_the_readme_promises",
                  "test_cli_and_schedules.py::test_cli_materializes_the_whole_graph_into_dagster_home"],
     "make test": ["test_make_prints_the_commands_the_readme_promises"],
+    "make ladder": ["test_sizes.py::test_make_ladder_materializes_the_data_once_then_each_ladder_size_and_tiny"],
     "make chat SIZE=tiny": ["test_chat.py::test_two_turns_through_make_chat_stream_what_generate_gives",
                             "test_chat.py::test_make_chat_without_a_checkpoint_says_to_run_make_run"],
     "make dev": ["test_make_prints_the_commands_the_readme_promises",
@@ -122,8 +124,12 @@ def test_make_prints_the_commands_the_readme_promises() -> None:
             "--config scripts/run_local.yaml") in run
     # The README: "`make run` ends by printing where the reports are".
     for report in (".exp1_home/size_comparison/comparison.md", ".exp1_home/evaluation_report/tiny/report.md",
-                   ".exp1_home/sample_set/tiny/samples.html"):
+                   ".exp1_home/sample_set/tiny/samples.html", ".exp1_home/benchmark_report/tiny/benchmarks.md"):
         assert any(line.startswith("echo") and line.rstrip('"').endswith(f"{REPO}/{report}") for line in run), report
+    for card in (".exp1_home/report_card/tiny/card.md", ".exp1_home/size_comparison/card.md"):
+        assert any(line.startswith("echo") and f"{REPO}/{card} (and card.html)" in line for line in run), card
+    # ... and the verdict itself, read from the size's card.
+    assert any(line.startswith("sed") and f"{REPO}/.exp1_home/report_card/tiny/card.md" in line for line in run)
     # Setup creates the instance the README's `export` line points at, from scripts/dagster.yaml.
     assert f'mkdir -p "{REPO}/.dagster_home" "{REPO}/.exp1_home"' in run
     assert f'cp scripts/dagster.yaml "{REPO}/.dagster_home/dagster.yaml"' in run

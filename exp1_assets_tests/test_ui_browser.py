@@ -284,7 +284,7 @@ def test_sample_set_page_shows_the_preview_and_partition_status(
     for size in ("tiny", "125M", "1.5B"):
         expect(body).to_contain_text(size)
     expect(body).to_contain_text("Materialized (1)")
-    expect(body).to_contain_text("Missing (5)")
+    expect(body).to_contain_text("Missing (8)")
     page.screenshot(path=str(artifacts_dir / "ui_model_checkpoint_partitions.png"))
 
 
@@ -299,9 +299,9 @@ def test_check_pages_show_the_tiny_partitions_results(
             outcome = "Passed" if execution["status"] == "SUCCEEDED" else "Failed"
             open_page(page, dagster_dev, f"/assets/{asset}?view=checks&checkDetail={name}")
             page.locator("button[role=tab]", has_text="Partitions").click()  # the check's tab, not the asset's
-            # The check's own partitions: a result for one size of six.
+            # The check's own partitions: a result for one size of nine.
             expect(body).to_contain_text(f"{outcome} (1)")
-            expect(body).to_contain_text("Missing (5)")
+            expect(body).to_contain_text("Missing (8)")
             expect(body).to_contain_text("Execution Failed (0)")
             page.get_by_text("tiny", exact=True).first.click()
             expect(body).to_contain_text(whole_graph_run[:8])  # the run that evaluated it, shortened
