@@ -98,13 +98,14 @@ def test_readme_run_configs_are_valid() -> None:
     [config_json] = re.findall(r"--config-json '([^']*)'", text)
     configs = [json.loads(config_json)]
     configs += [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
-    # the override example, the 8-GPU node, the memory plan's settings, the Slurm cluster
-    assert len(configs) == 4
+    # the override example, the benchmarks, the 8-GPU node, the memory plan's settings, the Slurm cluster
+    assert len(configs) == 5
     job = defs.resolve_implicit_global_asset_job_def()
     for config in configs:
         validate_run_config(job, config)  # raises DagsterInvalidConfigError naming the bad field
-    assert configs[2]["ops"]["model_checkpoint"]["config"]["strategy"] == "fsdp_full"
-    assert configs[3]["resources"]["launcher"]["config"]["backend"] == "slurm"
+    assert "hellaswag" in configs[1]["ops"]["benchmark_report"]["config"]["tasks"]
+    assert configs[3]["ops"]["model_checkpoint"]["config"]["strategy"] == "fsdp_full"
+    assert configs[4]["resources"]["launcher"]["config"]["backend"] == "slurm"
 
 
 def make_dry_run(*targets: str) -> str:
