@@ -1,4 +1,4 @@
-"""Shared fixtures: a temp artifact root and a temp Dagster instance per test."""
+"""Shared fixtures: a temp artifact root and a temp Dagster instance per test, and the FAST data once."""
 
 from __future__ import annotations
 
@@ -36,3 +36,25 @@ def artifacts_dir() -> Path:
     """Where tests leave what a person may want to look at (screenshots, reports)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An EXP1_HOME holding the data assets of the FAST config (`fast_run_config()`), made once per session.
+
+    Read-only: a test that trains or re-packs copies it first (`shutil.copytree`). Shared by the
+    launcher, kill, load and Slurm modules, which would otherwise each build the same data.
+    """
+    from dagster import DagsterInstance, materialize
+
+    from exp1_assets.defs.launcher import JobLauncher
+    from exp1_assets.defs.store import ArtifactStore
+    from exp1_assets_tests.run_configs import fast_run_config, only
+    from exp1_assets_tests.test_graph import DATA, _assets
+
+    home = tmp_path_factory.mktemp("exp1_data")
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(_assets(*DATA), instance=instance, run_config=only(fast_run_config(), *DATA),
+                             resources={"store": ArtifactStore(root=str(home)), "launcher": JobLauncher()})
+    assert result.success
+    return home

@@ -15,24 +15,14 @@ from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
-from exp1_assets_tests.test_graph import DATA, _assets
+from exp1_assets_tests.test_graph import _assets
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The data assets once for the module; each test trains into its own copy of the store."""
-    home = tmp_path_factory.mktemp("exp1_data")
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize(_assets(*DATA), instance=instance, run_config=only(fast_run_config(), *DATA),
-                             resources={"store": ArtifactStore(root=str(home)), "launcher": JobLauncher()})
-    assert result.success
-    return home
-
-
 @pytest.fixture
 def home(data_home: Path, tmp_path: Path) -> Path:
+    """Each test trains into its own copy of the session's data (conftest.data_home)."""
     import shutil
 
     copy = tmp_path / "exp1_home"
@@ -120,8 +110,9 @@ def test_killed_sharded_training_resumes_from_its_sharded_checkpoint_through_the
                                                                                       tmp_path: Path) -> None:
     """FSDP2 on 2 ranks; SIGKILL the job's process group after the first (sharded) checkpoint:
     Dagster's retry resumes from it and ends at the planned step. (DDP: test_reliability_kill.)"""
-    config = only(fast_run_config(max_steps=40, save_steps=6), "model_checkpoint")
-    config["ops"]["model_checkpoint"]["config"].update(num_processes=2, strategy="fsdp_full")
+    # 18 steps after checkpoint-6 leave seconds to catch the job running; evaluation only at the end.
+    config = only(fast_run_config(max_steps=24, save_steps=6), "model_checkpoint")
+    config["ops"]["model_checkpoint"]["config"].update(num_processes=2, strategy="fsdp_full", eval_steps=24)
     cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=config)
     runs = home / "runs" / "model_checkpoint" / "tiny"
     _wait_for(lambda: any(runs.glob("*/checkpoint-6/checkpoint_manifest.json")), timeout=300, what="checkpoint-6")
@@ -138,8 +129,8 @@ def test_killed_sharded_training_resumes_from_its_sharded_checkpoint_through_the
     out, _ = cli.communicate(timeout=600)
     assert cli.returncode == 0, out.decode(errors="replace")[-3000:]
     trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
-    assert trained["resumed_from_step"] is not None and 6 <= trained["resumed_from_step"] < 40
-    assert trained["steps"] == 40 and trained["strategy"] == "fsdp_full" and trained["world_size"] == 2
+    assert trained["resumed_from_step"] is not None and 6 <= trained["resumed_from_step"] < 24
+    assert trained["steps"] == 24 and trained["strategy"] == "fsdp_full" and trained["world_size"] == 2
 
 
 def test_cancelling_the_run_leaves_no_process(home: Path, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ import pytest
 from exp1_assets.defs.launcher import JobLauncher
 from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
-from exp1_assets_tests.test_launcher import _job_processes, _train, _wait_for, data_home, home  # noqa: F401
+from exp1_assets_tests.test_graph import _assets
+from exp1_assets_tests.test_launcher import _job_processes, _train, _wait_for, home  # noqa: F401
 
 pytestmark = pytest.mark.slow
 STEPS, SAVE = 12, 4
@@ -40,7 +41,9 @@ def _weights(home: Path):
 
 
 def test_sigkill_before_the_first_checkpoint_restarts_cleanly(home: Path, tmp_path: Path) -> None:
-    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=_train_config())
+    # The only checkpoint at the last step: the kill at step 2 comes before it on any machine.
+    config = only(fast_run_config(max_steps=STEPS, save_steps=STEPS), "model_checkpoint")
+    cli = start_materialize(exp1_home=home, tmp_path=tmp_path, select="model_checkpoint", config=config)
     runs = home / "runs" / "model_checkpoint" / "tiny"
     _wait_for(lambda: any("step 2/" in p.read_text(errors="replace") for p in runs.glob("*/pipes-*.jsonl")),
               timeout=300, what="training progress")
@@ -98,12 +101,18 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_uninterrupted_model(
 
 
 def test_a_hanging_rank_is_stopped_by_the_stall_timeout(home: Path) -> None:
-    launcher = JobLauncher(num_processes=2, stall_timeout_s=20)
+    # Twice a healthy job's longest silence here (start-up before its first report: 2-5 s on 2
+    # lightly loaded cores; 10-15 s when 3x oversubscribed, where the stall then stops the start-up
+    # instead, the same failure). The test lasts 2 attempts x (start-up + stall) + the retry delay.
+    launcher = JobLauncher(num_processes=2, stall_timeout_s=10)
     result = _train(home, launcher=launcher, debug={"hang_on_rank": 1})
     assert not result.success
     failure = result.failure_data_for_node("model_checkpoint")
     message = failure.user_failure_data.description if failure.user_failure_data else str(failure.error)
-    assert "made no progress for" in message and "stall_timeout_s=20" in message
+    assert "made no progress for" in message and "stall_timeout_s=10" in message
+    # A stall keeps the retry policy (a hang may be transient): the retry hung and was stopped too.
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == _assets("model_checkpoint")[0].op.retry_policy.max_retries
     assert not _job_processes(str(home))
     assert not (home / "model_checkpoint" / "tiny").exists()
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,6 @@ from exp1_assets_tests.cli_run import start_materialize
 from exp1_assets_tests.run_configs import fast_run_config, only
 from exp1_assets_tests.slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
 from exp1_assets_tests.test_graph import _assets
-from exp1_assets_tests.test_launcher import data_home  # noqa: F401 - the module's data, trained per test
 
 pytestmark = pytest.mark.slurm
 EXPECTED = Path(__file__).parent / "expected"
@@ -235,7 +236,9 @@ def test_the_warning_signal_makes_the_trainer_save_and_stop_at_that_step_end(
 # ---- on the cluster ------------------------------------------------------------------------------
 
 @pytest.fixture
-def home(data_home: Path, tmp_path: Path, slurm_cluster: dict[str, str]) -> Path:
+def home(data_home: Path, tmp_path: Path, slurm_cluster: dict[str, str], request: pytest.FixtureRequest) -> Path:
+    if any(item.name == TIME_LIMIT_TEST for item in request.session.items):
+        request.getfixturevalue("time_limited_run")  # its job starts with the first cluster test (see there)
     copy = tmp_path / "exp1_home"
     shutil.copytree(data_home, copy)
     return copy
@@ -361,7 +364,8 @@ def test_a_sharded_job_killed_by_slurm_fails_the_attempt_and_the_retry_resumes(h
 
     killer = threading.Thread(target=scancel_after_first_checkpoint, daemon=True)
     killer.start()
-    result = _train(home, slurm_launcher(), max_steps=30, save_steps=6, strategy="fsdp_grad_op")
+    # 18 steps after checkpoint-6 leave seconds to scancel the job running; evaluation only at the end.
+    result = _train(home, slurm_launcher(), max_steps=24, save_steps=6, eval_steps=24, strategy="fsdp_grad_op")
     killer.join(timeout=5)
     assert len(cancelled) == 1, "the first job should have been cancelled mid-run"
     failures = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
@@ -370,7 +374,7 @@ def test_a_sharded_job_killed_by_slurm_fails_the_attempt_and_the_retry_resumes(h
     trained = json.loads((home / "model_checkpoint" / "tiny" / "train_result.json").read_text())
     said = [e.message for e in result.all_events if e.message and ("checkpoint" in e.message or "training tiny" in e.message)]
     assert trained["resumed_from_step"] is not None and trained["resumed_from_step"] >= 6, said
-    assert trained["steps"] == 30 and len(_job_ids(home)) == 2 and trained["strategy"] == "fsdp_grad_op"
+    assert trained["steps"] == 24 and len(_job_ids(home)) == 2 and trained["strategy"] == "fsdp_grad_op"
 
 
 DEFINITIONS = """
@@ -475,30 +479,65 @@ def _release_requeued_job(*, home: Path, done: threading.Event, time_limit: str)
                 held_since.pop(job_id)
 
 
-def test_a_job_whose_time_limit_is_shorter_than_the_run_requeues_at_the_warning_and_ends_at_the_planned_step(
-        home: Path) -> None:
-    """A 1-minute time limit (the cluster's least) on a 1.5-3-minute training: warned, it saves, stops,
-    requeues itself and resumes from that checkpoint, as one job.
+TIME_LIMIT_TEST = ("test_a_job_whose_time_limit_is_shorter_than_the_run_requeues_at_the_warning_and_ends_at_the_"
+                   "planned_step")
+# Training starts ~5-15 s into the run. Steps padded to >= 0.5 s: 130 steps (65 s) outlast a
+# warning at 59 s on any machine, and a slow one is not slowed further. One row per step, so the
+# ranks mostly sleep while the other cluster tests run: the whole job used 72 s of CPU here
+# (its start-ups most of it), against 188 s with 300 steps of 4 rows padded to >= 0.2 s.
+TIME_LIMITED_STEPS, TIME_LIMITED_STEP_S = 130, 0.5
 
-    The warning is asked for 1 s before the limit: Slurm sends it at the first tick of its 30 s
-    timer from 31 s before the limit, i.e. 29-59 s into the run (the ranks' handlers are in place
-    after ~5-15 s), and enforces the limit at the first tick from 60 s on, >= 30 s after the warning.
-    """
-    # Training starts ~5-10 s into the run; here it went 1.8 steps/s on a busy machine and 3.9 idle
-    # (188 steps by a warning at ~53 s). Steps padded to >= 0.2 s: 300 steps outlast a warning at
-    # 59 s on any machine, and a slow one is not slowed further.
-    max_steps = 300
+
+def _time_limited_training(home: Path) -> tuple[object, list[str]]:
+    """The time-limit test's run: a 1-minute limit, the warning asked for 1 s before it; the
+    requeued job is released with 10 minutes (`_release_requeued_job`)."""
     launcher = slurm_launcher(time_limit="1", warning_lead_s=1)
     done = threading.Event()
     releaser = threading.Thread(target=_release_requeued_job, kwargs={"home": home, "done": done, "time_limit": "10"},
                                 daemon=True)
     releaser.start()
     try:
-        result, messages = _train_logged(home, launcher, max_steps=max_steps, save_steps=1000, eval_steps=1000,
-                                         debug={"min_step_s": 0.2})
+        return _train_logged(home, launcher, max_steps=TIME_LIMITED_STEPS, save_steps=1000, eval_steps=1000,
+                             per_device_batch=1, debug={"min_step_s": TIME_LIMITED_STEP_S})
     finally:
         done.set()
         releaser.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def time_limited_run(data_home: Path, slurm_cluster: dict[str, str],  # noqa: F811
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Future]]:
+    """The time-limit test's home and its run, started in a thread by the module's first cluster test.
+
+    That run is mostly waiting on Slurm's clock (a warning 29-59 s in, a held requeue, padded
+    steps), so it runs alongside the other cluster tests' jobs (each job takes one of a node's
+    two CPUs) and its test only reads the outcome. No job outlives the module: leaving the pool
+    waits for the run, and one that its test never waited for (-x, Ctrl-C) is scancelled.
+    """
+    home = tmp_path_factory.mktemp("time_limited") / "exp1_home"
+    shutil.copytree(data_home, home)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        training = pool.submit(_time_limited_training, home)
+        try:
+            yield home, training
+        finally:
+            while not training.done():  # the retry's job too
+                subprocess.run(["scancel", *_job_ids(home)], capture_output=True)
+                time.sleep(1)
+
+
+def test_a_job_whose_time_limit_is_shorter_than_the_run_requeues_at_the_warning_and_ends_at_the_planned_step(
+        time_limited_run: tuple[Path, Future]) -> None:
+    """A 1-minute time limit (the cluster's least) on a longer training: warned, it saves, stops,
+    requeues itself and resumes from that checkpoint, as one job.
+
+    The warning is asked for 1 s before the limit: Slurm sends it at the first tick of its 30 s
+    timer from 31 s before the limit, i.e. 29-59 s into the run (the ranks' handlers are in place
+    after ~5-15 s), and enforces the limit at the first tick from 60 s on, >= 30 s after the warning.
+    """
+    home, training = time_limited_run
+    result, messages = training.result(timeout=900)
+    max_steps = TIME_LIMITED_STEPS
     runs = _runs_of_the_job(messages)
     assert result.success, "\n".join(messages[-30:])
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"], "requeued, not retried"
@@ -539,7 +578,7 @@ def _rank_pid(spec: str, rank: int) -> int | None:
 
 def test_without_requeue_a_warned_job_exits_75_and_the_retry_resumes_from_its_checkpoint(home: Path) -> None:
     """Only rank 1 (on the second node) gets the signal; both stop at the same step; the retry resumes."""
-    max_steps = 60
+    max_steps = 24  # signalled after step 6: 18 steps left to catch it running, the rest for the retry
     signalled: list[int] = []
 
     def signal_rank_1_after_some_progress() -> None:
