@@ -57,7 +57,8 @@ def test_whole_graph_run_materializes_every_asset(dagster_dev: DagsterDev, whole
     steps = dagster_dev.graphql(RUN_STATUS, {"runId": whole_graph_run})["runOrError"]["stepStats"]
     assert {s["stepKey"]: s["status"] for s in steps} == {name: "SUCCESS" for name in ASSETS}
     for name in ASSETS:
-        partitions = ["tiny"] if name in ("model_checkpoint", "evaluation_report", "sample_set") else None
+        partitions = ["tiny"] if name in ("model_checkpoint", "evaluation_report", "sample_set", "benchmark_report",
+                                          "report_card") else None
         asset = dagster_dev.graphql(MATERIALIZATIONS, {"path": [name], "partitions": partitions})["assetOrError"]
         [latest] = asset["assetMaterializations"]
         assert latest["runId"] == whole_graph_run
@@ -65,12 +66,12 @@ def test_whole_graph_run_materializes_every_asset(dagster_dev: DagsterDev, whole
 
 
 def test_gpu_pool_kept_gpu_steps_apart(dagster_dev: DagsterDev, whole_graph_run: str) -> None:  # noqa: F811
-    # evaluation_report and sample_set become ready together when model_checkpoint ends, and the
-    # multiprocess executor would run both at once; the `gpu` pool (limit 1) must serialize them.
+    # evaluation_report, sample_set and benchmark_report become ready together when model_checkpoint
+    # ends, and the multiprocess executor would run them at once; the `gpu` pool (limit 1) must serialize them.
     steps = dagster_dev.graphql(RUN_STATUS, {"runId": whole_graph_run})["runOrError"]["stepStats"]
     gpu = sorted((s["startTime"], s["endTime"], s["stepKey"]) for s in steps
-                 if s["stepKey"] in ("model_checkpoint", "evaluation_report", "sample_set"))
-    assert len(gpu) == 3
+                 if s["stepKey"] in ("model_checkpoint", "evaluation_report", "sample_set", "benchmark_report"))
+    assert len(gpu) == 4
     for (_, end, first), (start, _, second) in zip(gpu, gpu[1:]):
         assert start >= end, f"{second} started {end - start:.1f} s before {first} ended"
 
@@ -196,7 +197,7 @@ def test_lineage_page_shows_all_assets_in_their_groups(
 ) -> None:
     # The global lineage collapses groups by default; `expanded` opens them (what Alt+E does).
     expanded = ",".join(f"global@global:{group}" for group in GROUPS)
-    page.set_viewport_size({"width": 2400, "height": 1200})  # wide enough for full, named nodes
+    page.set_viewport_size({"width": 3600, "height": 1600})  # wide enough for ten full, named nodes
     open_page(page, dagster_dev, f"/asset-groups?expanded={expanded}")
     expect(page).to_have_title("Global asset lineage")
     graph = page.locator("svg").filter(has=page.locator("foreignObject")).first
