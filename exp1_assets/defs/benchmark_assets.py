@@ -26,8 +26,7 @@ from pydantic import Field
 from exp1_assets.code_versions import code_version
 from exp1_assets.defs.config_overlay import given_fields, library_default
 from exp1_assets.defs.data_assets import conversation_splits
-from exp1_assets.defs.evaluation_assets import _reported_metadata, _require_checkpoint
-from exp1_assets.defs.launcher import JobLauncher
+from exp1_assets.defs.launcher import JobLauncher, reported_metadata
 from exp1_assets.defs.partitions import size_partitions
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.defs.training_assets import model_checkpoint
@@ -80,19 +79,17 @@ def benchmark_report(
     context: AssetExecutionContext, config: BenchmarkConfig, store: ArtifactStore, launcher: JobLauncher
 ) -> MaterializeResult:
     size = context.partition_key
-    checkpoint = _require_checkpoint(store, size)
+    checkpoint = store.checkpoint(size)
     run_dir = store.run_dir("benchmark_report", size)
     with store.staging("benchmark_report", size) as out:
-        given = given_fields(config)
         spec = BenchmarkSpec(
             checkpoint_path=str(checkpoint), output_dir=str(out), run_dir=str(run_dir),
-            test_path=str(store.path("conversation_splits") / "test.parquet"),
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},  # frozen specs hold tuples
+            test_path=str(store.path("conversation_splits") / "test.parquet"), **given_fields(config),
         )
         reported = launcher.run(context, module=JOB, spec_path=spec.write(run_dir / "spec.json"),
                                 run_dir=run_dir, num_processes=1)
         report = json.loads((out / "benchmarks.json").read_text())
-    metadata = _reported_metadata(reported)
+    metadata = reported_metadata(reported)
     metadata["report"] = MetadataValue.path(str(store.path("benchmark_report", size) / "benchmarks.md"))
     below = {name: t for name, t in report["tasks"].items() if not t["above_chance"]}
     return MaterializeResult(

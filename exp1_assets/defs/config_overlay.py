@@ -28,5 +28,9 @@ def library_default(spec_class: type, name: str) -> Any:
 
 
 def given_fields(config: Config, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of `config` that were set (not None), minus `exclude`, as plain values."""
-    return {k: v for k, v in config.model_dump().items() if v is not None and k not in exclude}
+    """The fields of `config` that were set (not None), minus `exclude`, as plain values.
+
+    Lists become tuples: the frozen specs hold tuples (hashable, like `JsonSpec.from_json` reads them).
+    """
+    return {k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.model_dump().items() if v is not None and k not in exclude}

@@ -6,7 +6,6 @@ like training. Both follow their checkpoint through declarative automation.
 
 
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 from dagster import (
@@ -25,7 +24,7 @@ from pydantic import Field
 from exp1_assets.code_versions import code_version
 from exp1_assets.defs.config_overlay import given_fields
 from exp1_assets.defs.data_assets import conversation_splits, packed_dataset
-from exp1_assets.defs.launcher import JobLauncher
+from exp1_assets.defs.launcher import JobLauncher, reported_metadata
 from exp1_assets.defs.partitions import size_partitions
 from exp1_assets.defs.store import ArtifactStore
 from exp1_assets.defs.training_assets import model_checkpoint
@@ -70,7 +69,7 @@ def evaluation_report(
     context: AssetExecutionContext, config: EvaluationConfig, store: ArtifactStore, launcher: JobLauncher
 ) -> MaterializeResult:
     size = context.partition_key
-    checkpoint = _require_checkpoint(store, size)
+    checkpoint = store.checkpoint(size)
     run_dir = store.run_dir("evaluation_report", size)
     with store.staging("evaluation_report", size) as out:
         spec = EvalSpec(
@@ -83,7 +82,7 @@ def evaluation_report(
         reported = launcher.run(context, module="exp1_assets.evaluation.evaluate_job",
                                 spec_path=spec.write(run_dir / "spec.json"), run_dir=run_dir, num_processes=1)
         report = json.loads((out / "report.json").read_text())
-    metadata = _reported_metadata(reported)
+    metadata = reported_metadata(reported)
     metadata["report"] = MetadataValue.path(str(store.path("evaluation_report", size) / "report.md"))
     return MaterializeResult(
         metadata=metadata,
@@ -130,33 +129,16 @@ def sample_set(
     context: AssetExecutionContext, config: SampleConfig, store: ArtifactStore, launcher: JobLauncher
 ) -> MaterializeResult:
     size = context.partition_key
-    checkpoint = _require_checkpoint(store, size)
+    checkpoint = store.checkpoint(size)
     run_dir = store.run_dir("sample_set", size)
     with store.staging("sample_set", size) as out:
-        given = given_fields(config)
-        spec = SampleSpec(
-            checkpoint_path=str(checkpoint), output_dir=str(out), run_dir=str(run_dir),
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},  # frozen specs hold tuples
-        )
+        spec = SampleSpec(checkpoint_path=str(checkpoint), output_dir=str(out), run_dir=str(run_dir),
+                          **given_fields(config))
         reported = launcher.run(context, module="exp1_assets.evaluation.sample_job",
                                 spec_path=spec.write(run_dir / "spec.json"), run_dir=run_dir, num_processes=1)
-    metadata = _reported_metadata(reported)
+    metadata = reported_metadata(reported)
     metadata["html"] = MetadataValue.path(str(store.path("sample_set", size) / "samples.html"))
     return MaterializeResult(metadata=metadata)
-
-
-def _require_checkpoint(store: ArtifactStore, size: str) -> Path:
-    path = store.path("model_checkpoint", size)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no model: materialize model_checkpoint[{size}] first")
-    return path
-
-
-def _reported_metadata(reported: list[Any]) -> dict[str, Any]:
-    metadata: dict[str, Any] = {}
-    for item in reported:
-        metadata.update(item.metadata or {})
-    return metadata
 
 
 def _float(x: Any) -> float:

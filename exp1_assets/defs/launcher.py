@@ -270,3 +270,11 @@ def _clear_errors_of_earlier_attempts(run_dir: Path) -> None:
 
 def _code(text: str) -> str:
     return "```\n" + text[-3000:].replace("```", "'''") + "\n```"
+
+
+def reported_metadata(reported: list[PipesExecutionResult]) -> dict[str, Any]:
+    """The metadata rank 0 reported through Pipes (`JobLauncher.run`'s results), merged in order."""
+    metadata: dict[str, Any] = {}
+    for item in reported:
+        metadata.update(item.metadata or {})
+    return metadata

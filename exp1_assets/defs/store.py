@@ -46,6 +46,13 @@ class ArtifactStore(ConfigurableResource):
         """The final location of an asset (partition) — stable across runs, so others can find it."""
         return self._artifacts().path(asset, partition)
 
+    def checkpoint(self, size: str) -> Path:
+        """The `model_checkpoint[size]` folder; a clear error when it holds no model yet."""
+        path = self.path("model_checkpoint", size)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no model: materialize model_checkpoint[{size}] first")
+        return path
+
     def run_dir(self, asset: str, partition: str | None = None, *, key: str | None = None) -> Path:
         """Scratch that outlives a run on purpose: resumable checkpoints, specs, logs, error files."""
         return self._artifacts().run_dir(asset, partition, key=key)

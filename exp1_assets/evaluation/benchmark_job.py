@@ -28,10 +28,10 @@ from exp1_assets.evaluation.benchmark_lookup import load_tasks, task_manager
 from exp1_assets.evaluation.benchmark_results import benchmarks_markdown, benchmarks_table, summarize
 from exp1_assets.evaluation.job_common import (
     JsonSpec, load_checkpoint, md_metadata, require_non_negative_int, require_path, require_positive,
-    resolve_device,
+    resolve_device, run_rank0_job,
 )
 from exp1_assets.evaluation.reports import json_safe, write_json, write_text
-from exp1_assets.runtime import Reporter, die_with_parent, global_rank, open_reporter, record_errors
+from exp1_assets.runtime import Reporter
 
 Preset = Literal["builtin", "standard"]
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -165,16 +165,8 @@ def benchmark_metadata(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m exp1_assets.evaluation.benchmark_job spec.json")
-    die_with_parent()  # never outlive the launcher (runtime.die_with_parent)
-    spec = BenchmarkSpec.from_file(argv[0])
-    with record_errors(spec.run_dir):
-        if global_rank() != 0:
-            return  # benchmarks are single-process work; extra ranks have nothing to do
-        with open_reporter() as reporter:
-            run_benchmarks(spec, reporter=reporter)
+    run_rank0_job(sys.argv[1:] if argv is None else argv, module="exp1_assets.evaluation.benchmark_job",
+                  spec_class=BenchmarkSpec, work=run_benchmarks)
 
 
 if __name__ == "__main__":

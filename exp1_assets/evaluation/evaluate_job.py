@@ -26,10 +26,10 @@ from typing import Any
 
 from exp1_assets.evaluation.job_common import (
     JsonSpec, load_checkpoint, md_metadata, require_non_negative_int, require_path, require_positive,
-    resolve_device,
+    resolve_device, run_rank0_job,
 )
 from exp1_assets.evaluation.thresholds import Thresholds
-from exp1_assets.runtime import Reporter, die_with_parent, global_rank, open_reporter, record_errors
+from exp1_assets.runtime import Reporter
 
 HEADLINE_KEYS = ("perplexity", "perplexity_all_tokens", "bits_per_byte", "rouge1", "rouge2", "rouge_l", "bleu",
                  "chrf", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu", "exact_accuracy",
@@ -269,16 +269,8 @@ def evaluate(spec: EvalSpec, *, reporter: Reporter) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m exp1_assets.evaluation.evaluate_job spec.json")
-    spec = EvalSpec.from_file(argv[0])
-    die_with_parent()  # never outlive the launcher (runtime.die_with_parent)
-    with record_errors(spec.run_dir):
-        if global_rank() != 0:
-            return  # evaluation is single-process work; extra ranks have nothing to do
-        with open_reporter() as reporter:
-            evaluate(spec, reporter=reporter)
+    run_rank0_job(sys.argv[1:] if argv is None else argv, module="exp1_assets.evaluation.evaluate_job",
+                  spec_class=EvalSpec, work=evaluate)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the evaluation and sampling jobs share: JSON specs, field checks, checkpoint loading."""
+"""What the evaluation, sampling and benchmark jobs share: JSON specs, field checks, checkpoint loading, `main`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 SpecT = TypeVar("SpecT", bound="JsonSpec")
@@ -113,3 +114,22 @@ def _rematerialize(path: str) -> str:
 def md_metadata(text: str) -> dict[str, str]:
     """A Pipes metadata value Dagster renders as Markdown."""
     return {"type": "md", "raw_value": text}
+
+
+def run_rank0_job(argv: Sequence[str], *, module: str, spec_class: type[SpecT],
+                  work: Callable[..., Any]) -> None:
+    """A launched job's `main`: read the spec, then `work(spec, reporter=...)` on global rank 0 only.
+
+    These jobs are single-process work; the launcher may still start extra ranks, which exit at once.
+    """
+    from exp1_assets.runtime import die_with_parent, global_rank, open_reporter, record_errors
+
+    if len(argv) != 1:
+        raise SystemExit(f"usage: python -m {module} spec.json")
+    spec = spec_class.from_file(argv[0])
+    die_with_parent()  # never outlive the launcher (runtime.die_with_parent)
+    with record_errors(spec.run_dir):  # type: ignore[attr-defined]
+        if global_rank() != 0:
+            return
+        with open_reporter() as reporter:
+            work(spec, reporter=reporter)

@@ -15,9 +15,9 @@ from typing import Any
 
 from exp1_assets.evaluation.job_common import (
     JsonSpec, load_checkpoint, md_metadata, require_non_negative_int, require_path, require_positive,
-    resolve_device,
+    resolve_device, run_rank0_job,
 )
-from exp1_assets.runtime import Reporter, die_with_parent, global_rank, open_reporter, record_errors
+from exp1_assets.runtime import Reporter
 
 
 @dataclass(frozen=True)
@@ -101,16 +101,8 @@ def sample(spec: SampleSpec, *, reporter: Reporter) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m exp1_assets.evaluation.sample_job spec.json")
-    spec = SampleSpec.from_file(argv[0])
-    die_with_parent()  # never outlive the launcher (runtime.die_with_parent)
-    with record_errors(spec.run_dir):
-        if global_rank() != 0:
-            return  # sampling is single-process work
-        with open_reporter() as reporter:
-            sample(spec, reporter=reporter)
+    run_rank0_job(sys.argv[1:] if argv is None else argv, module="exp1_assets.evaluation.sample_job",
+                  spec_class=SampleSpec, work=sample)
 
 
 if __name__ == "__main__":
