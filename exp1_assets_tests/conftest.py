@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# A killed training run is retried after 0.5 s, not 5 s: the kill/resume tests wait for nothing real.
+os.environ.setdefault("EXP1_TRAIN_RETRY_DELAY_S", "0.5")
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 

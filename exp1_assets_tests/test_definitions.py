@@ -125,11 +125,17 @@ def test_training_retries_come_from_the_one_settings_module(monkeypatch) -> None
     from exp1_assets.settings import Settings
 
     assert model_checkpoint.op.retry_policy.max_retries == Settings.from_environ().train_retries == 1
+    # conftest shortens the wait before a retry (default 5 s) so that the kill/resume tests spend no idle time
+    assert model_checkpoint.op.retry_policy.delay == Settings.from_environ().train_retry_delay_s == 0.5
+    assert Settings.from_environ({}).train_retry_delay_s == 5.0
     monkeypatch.setenv("EXP1_TRAIN_RETRIES", "3")
     assert Settings.from_environ().train_retries == 3
     monkeypatch.setenv("EXP1_TRAIN_RETRIES", "-1")
     with pytest.raises(ValueError, match="EXP1_TRAIN_RETRIES"):
         Settings.from_environ()
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(ValueError, match="EXP1_TRAIN_RETRY_DELAY_S"):
+            Settings.from_environ({"EXP1_TRAIN_RETRY_DELAY_S": bad})
 
 
 def test_environment_knobs_are_read_only_in_the_settings_module() -> None:

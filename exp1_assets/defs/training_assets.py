@@ -104,13 +104,18 @@ class TrainConfig(Config):
                            device_memory_gib=self.plan_device_memory_gib)
 
 
+# Read when the definitions load: the retry policy is part of the asset's definition.
+_SETTINGS = Settings.from_environ()
+
+
 @asset(
     group_name="training",
     partitions_def=size_partitions,
     deps=[packed_dataset],
     pool="gpu",
     code_version=code_version(TRAIN_MODULE, "exp1_assets.training.planned_spec"),
-    retry_policy=RetryPolicy(max_retries=Settings.from_environ().train_retries, delay=5, backoff=Backoff.LINEAR),
+    retry_policy=RetryPolicy(max_retries=_SETTINGS.train_retries, delay=_SETTINGS.train_retry_delay_s,
+                             backoff=Backoff.LINEAR),
     check_specs=[
         # Partitioned like the asset, so each size keeps its own result (else the UI shows only the latest size's).
         AssetCheckSpec("loss_finite", asset="model_checkpoint", description="Final losses are finite",
