@@ -107,6 +107,21 @@ def test_a_report_without_intervals_says_so_and_shows_no_invented_interval():
     assert "95% CIs from" not in page
 
 
+def test_no_right_answer_reads_as_an_exact_bound_not_a_zero_width_interval():
+    # 0 of 86: every bootstrap resample is 0, so the interval 0-0% would read as certainty.
+    report = make_report(exact={"all": (0, 86, 0.0, 0.0)}, ppl=(30.0, 28.0, 32.0))
+    card = size_card(size="ladder-1M", report=report)
+    assert "exact answers 0% (0 of 86: the bootstrap interval is a point; exact 95% bound: below 3.4%)" \
+        in card.verdict
+    # the bound is the rate at which 0 of 86 has probability 5%
+    assert (1 - 0.034) ** 86 > 0.05 > (1 - 0.0345) ** 86
+    report["bootstrap"]["confidence"] = 0.9
+    assert "exact 90% bound: below 2.6%" in size_card(size="ladder-1M", report=report).verdict
+    everything = make_report(exact={"all": (86, 86, 1.0, 1.0)})
+    assert "100% (86 of 86: the bootstrap interval is a point; exact 95% bound: above 97%)" in \
+        size_card(size="tiny", report=everything).verdict
+
+
 def test_missing_inputs_read_not_measured_and_never_crash():
     card = size_card(size="350M", report=None, training=None, benchmarks=None)
     assert card.verdict == "not evaluated yet; exact answers not measured; benchmarks not measured"

@@ -52,10 +52,11 @@ def size_card(
                  for name, label, metric, op, digits, field in BARS)
     measures = tuple(Measure(label, number(metrics.get(key)), *_interval(intervals.get(key)), digits=digits)
                      for key, label, digits in METRICS)
-    exact = _accuracies(report.get("exact_accuracy"), intervals=intervals, prefix="exact_accuracy/")
+    exact = _accuracies(report.get("exact_accuracy"), intervals=intervals, prefix="exact_accuracy/",
+                        confidence=confidence)
     if not exact and number(metrics.get("exact_accuracy")) is not None:  # reports without the per-task block
         exact = (Accuracy("all", number(metrics["exact_accuracy"]), None, None,
-                          *_interval(intervals.get("exact_accuracy"))),)
+                          *_interval(intervals.get("exact_accuracy")), confidence=confidence),)
     bench = _benchmarks(benchmarks)
     bootstrap = report.get("bootstrap") or {}
     resamples, seed = number(bootstrap.get("resamples")), number(bootstrap.get("seed"))
@@ -69,7 +70,7 @@ def size_card(
         parameters=number(parameters) if parameters is not None else number(training.get("param_count")),
         wall_time_s=number(training.get("wall_time_s")), final_val_loss=number(training.get("val_loss_after")),
         bar_owner=owner, ci=ci, bars=bars, metrics=measures, exact=exact, benchmarks=bench, evaluated=bool(report),
-        probes=_accuracies(report.get("probe_accuracy"), intervals={}, prefix=""),
+        probes=_accuracies(report.get("probe_accuracy"), intervals={}, prefix="", confidence=confidence),
         links=tuple((label, href) for label, href in (links or {}).items()),
         intervals_from=None if resamples is None else f"{ci}s from {int(resamples)} seeded bootstrap resamples"
                                                       + ("" if seed is None else f" (seed {int(seed)})"),
@@ -180,7 +181,7 @@ def _bar(check: Mapping[str, Any], *, label: str, metric: str, operator: Literal
     return Bar(Measure(label, value, low, high, digits=digits), operator, threshold, passed, clears)
 
 
-def _accuracies(table: Any, *, intervals: Mapping[str, Any], prefix: str) -> tuple[Accuracy, ...]:
+def _accuracies(table: Any, *, intervals: Mapping[str, Any], prefix: str, confidence: float) -> tuple[Accuracy, ...]:
     if not isinstance(table, Mapping):
         return ()
     rows = []
@@ -189,7 +190,7 @@ def _accuracies(table: Any, *, intervals: Mapping[str, Any], prefix: str) -> tup
         low, high = _interval(entry) if "low" in entry else _interval(intervals.get(prefix + task))
         correct, total = number(entry.get("correct")), number(entry.get("total"))
         rows.append(Accuracy(str(task), number(entry.get("accuracy")), None if correct is None else int(correct),
-                             None if total is None else int(total), low, high))
+                             None if total is None else int(total), low, high, confidence))
     return tuple(rows)
 
 

@@ -79,12 +79,29 @@ class Accuracy:
     total: int | None
     low: float | None = None
     high: float | None = None
+    confidence: float = 0.95
+    """The interval's confidence level (the report's bootstrap confidence)."""
 
     def text(self, *, ci: str = "95% CI") -> str:
+        """The accuracy and its interval in words; when every answer agrees, the exact one-sided bound.
+
+        A bootstrap of 0 of n right resamples only zeros, so its interval is the point 0-0%, which
+        reads as certainty. The exact (Clopper-Pearson) bound says what n answers can rule out.
+
+        >>> Accuracy("all", 0.12, 36, 300, 0.096, 0.14).text()
+        '12% (95% CI 9.6–14%)'
+        >>> Accuracy("all", 0.0, 0, 86, 0.0, 0.0).text()
+        '0% (0 of 86: the bootstrap interval is a point; exact 95% bound: below 3.4%)'
+        """
         if self.accuracy is None:
             return NOT_MEASURED
         if self.low is None or self.high is None:
             return f"{percent(self.accuracy)} (no interval measured)"
+        if self.low == self.high and self.total and self.correct in (0, self.total):
+            bound = 1 - (1 - self.confidence) ** (1 / self.total)  # P(0 of n | rate = bound) = 1 - confidence
+            side = f"below {percent(bound)}" if self.correct == 0 else f"above {percent(1 - bound)}"
+            return (f"{percent(self.accuracy)} ({self.correct} of {self.total}: the bootstrap interval is a point; "
+                    f"exact {100 * self.confidence:g}% bound: {side})")
         return f"{percent(self.accuracy)} ({ci} {percent_range(self.low, self.high)})"
 
 
