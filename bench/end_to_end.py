@@ -11,7 +11,9 @@ Orchestration overhead = run wall time - job process time (everything Dagster an
 assets' in-process work cost around the jobs) — reported both with and without the in-process
 data assets, which are real work, not overhead. Targets: <= 10 min total, overhead <= 15%.
 
-`--quick` runs the test suite's scaled-down config (seconds of training) instead of the default.
+`--quick` runs the test suite's scaled-down config (`exp1_assets_tests.run_configs.fast_run_config`:
+seconds of training) instead of the default. The suite's CLI test runs it with `--keep` and reads
+that one run's instance, so the README's command and this benchmark are tested by the same run.
 """
 
 from __future__ import annotations
@@ -30,16 +32,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-QUICK_CONFIG = {"ops": {
-    "raw_conversations": {"config": {"builtin_size": 1500}},
-    "tokenizer": {"config": {"vocab_size": 600}},
-    "packed_dataset": {"config": {"max_length": 128}},
-    "model_checkpoint": {"config": {"max_steps": 6, "save_steps": 6, "eval_steps": 6, "logging_steps": 2,
-                                    "per_device_batch": 4}},
-    "evaluation_report": {"config": {"num_samples": 8, "max_new_tokens": 16, "max_eval_blocks": 4}},
-    "sample_set": {"config": {"variations": 1, "temperatures": [0.8], "max_new_tokens": 8}},
-    "benchmark_report": {"config": {"builtin_docs": 8}},
-}}
 LAUNCHED = {"model_checkpoint": "model_checkpoint", "evaluation_report": "evaluation_report",
             "sample_set": "sample_set", "benchmark_report": "benchmark_report"}  # step key -> artifact name under runs/
 
@@ -105,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
            "--partition", args.partition]
     # The README's command (`make run`) runs every step in one process (scripts/run_local.yaml).
     run_local = yaml.safe_load((_common.REPO / "scripts" / "run_local.yaml").read_text())
-    cmd += ["--config-json", json.dumps({**run_local, **({"ops": QUICK_CONFIG["ops"]} if args.quick else {})})]
+    if args.quick:
+        from exp1_assets_tests.run_configs import fast_run_config
+
+        run_local = {**run_local, **fast_run_config()}
+    cmd += ["--config-json", json.dumps(run_local)]
     print("running:", " ".join(cmd[:9]), "(quick config)" if args.quick else "", flush=True)
     started = time.time()
     proc = subprocess.run(cmd, cwd=_common.REPO, env=env, capture_output=True, text=True)

@@ -1,7 +1,8 @@
 """The benchmarks under bench/ run end to end at their smallest (--quick) settings.
 
 Not timed assertions: only that each script finishes, writes its JSON and that the JSON holds
-the numbers the README promises (a ratio per benchmark, identical greedy outputs).
+the numbers the README promises (a ratio per benchmark, identical greedy outputs). `end_to_end.py
+--quick` is the CLI test's whole-graph run (test_cli_and_schedules.py), not run twice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -57,13 +57,6 @@ def test_train_vs_plain_loop_quick(tmp_path: Path) -> None:
     assert "job_tokens_per_s" in result["sides"]["project"]  # the job's own train_result.json number
     ratio = result["ratios"]["project/plain"]["tokens_per_s"]["median"]
     assert math.isfinite(ratio) and ratio > 0
-
-
-@pytest.mark.slow
-def test_end_to_end_quick(tmp_path: Path) -> None:
-    result = _run("end_to_end.py", tmp_path)
-    assert result["returncode"] == 0
-    assert {s["asset"] for s in result["steps"]} >= {"model_checkpoint", "evaluation_report", "sample_set"}
 
 
 def test_gpu_acceptance_cpu_quick(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The command line, the schedule, the GPU pool and W&B tracking, against real Dagster instances.
 
-The CLI test runs `dagster asset materialize` exactly as the README's `make run` does (a
-DAGSTER_HOME holding a copy of scripts/dagster.yaml), with the FAST run config, and then reads
-the materialization back from that same instance. The W&B test retrains `model_checkpoint` with
+The CLI test runs `dagster asset materialize --select '*'` exactly as the README's `make run` does
+(a DAGSTER_HOME holding a copy of scripts/dagster.yaml, one process), with the FAST run config,
+through `bench/end_to_end.py --quick`, and then reads the materializations and the benchmark's
+step times back from that same instance. The W&B test retrains `model_checkpoint` with
 `report_to: wandb` (offline) on the data the CLI run left behind.
 """
 
@@ -42,17 +43,25 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 @pytest.fixture(scope="module")
 def cli_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`dagster asset materialize` of the whole graph for `tiny`, W&B off, into a fresh instance."""
+    """The README's `make run` command (`--select '*'`, one process) for `tiny`, W&B off, into a fresh
+    instance, run and timed by `bench/end_to_end.py --quick --keep`: one run tests both."""
     root = tmp_path_factory.mktemp("cli")
-    dagster_home, exp1_home = make_dagster_home(root / "dagster_home"), root / "exp1_home"
     wandb_dir = root / "wandb_off"
     wandb_dir.mkdir()
-    env = dev_env(dagster_home=dagster_home, exp1_home=exp1_home, WANDB_DIR=str(wandb_dir), WANDB_MODE="offline")
-    config = write_config(root / "fast.yaml", {**fast_run_config(), **IN_PROCESS})
-    proc = dagster_cli("asset", "materialize", "-m", "exp1_assets.definitions", "--select", ",".join(ASSETS),
-                       "--partition", "tiny", "--config", str(config), env=env)
-    return {"proc": proc, "root": root, "dagster_home": dagster_home, "exp1_home": exp1_home,
-            "wandb_off": wandb_dir, "env": env}
+    # end_to_end.py makes fresh homes of its own under BENCH_OUT_DIR and points the run at them.
+    bench_env = dev_env(dagster_home=root, exp1_home=root, WANDB_DIR=str(wandb_dir), WANDB_MODE="offline",
+                        BENCH_OUT_DIR=str(root))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "end_to_end.py"), "--quick", "--keep"], cwd=REPO,
+                          env=bench_env, capture_output=True, text=True, timeout=600)
+    result_file = root / "end_to_end_quick.json"
+    bench = json.loads(result_file.read_text()) if result_file.is_file() else {"returncode": proc.returncode}
+    work = Path(bench["homes"]) if bench.get("homes") else root
+    dagster_home, exp1_home = work / "dagster_home", work / "exp1_home"
+    cli_log = work / "cli.log"
+    return {"proc": proc, "bench": bench, "cli_log": cli_log.read_text() if cli_log.is_file() else "",
+            "root": root, "dagster_home": dagster_home, "exp1_home": exp1_home, "wandb_off": wandb_dir,
+            "env": dev_env(dagster_home=dagster_home, exp1_home=exp1_home, WANDB_DIR=str(wandb_dir),
+                           WANDB_MODE="offline")}
 
 
 def latest_materialization(dagster_home: Path, asset: str, partition: str | None) -> Any:
@@ -81,8 +90,9 @@ def latest_materialization(dagster_home: Path, asset: str, partition: str | None
 
 def test_cli_materializes_the_whole_graph_into_dagster_home(cli_home: dict[str, Any]) -> None:
     proc = cli_home["proc"]
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "RUN_SUCCESS" in proc.stderr
+    assert proc.returncode == 0 and cli_home["bench"]["returncode"] == 0, \
+        proc.stdout[-2000:] + proc.stderr[-2000:] + cli_home["cli_log"][-3000:]
+    assert "RUN_SUCCESS" in cli_home["cli_log"]
     report = latest_materialization(cli_home["dagster_home"], "evaluation_report", "tiny")
     assert report is not None, "evaluation_report[tiny] not recorded in the DAGSTER_HOME instance"
     materialization = report.asset_materialization
@@ -94,6 +104,18 @@ def test_cli_materializes_the_whole_graph_into_dagster_home(cli_home: dict[str, 
                                       "tiny" if name in PARTITIONED else None).run_id for name in ASSETS}
     assert run_ids == {report.run_id}
     assert (cli_home["exp1_home"] / "evaluation_report" / "tiny" / "report.json").is_file()
+
+
+def test_end_to_end_benchmark_times_every_step_of_the_cli_run(cli_home: dict[str, Any]) -> None:
+    bench = cli_home["bench"]
+    assert bench["returncode"] == 0 and bench["status"] == "DagsterRunStatus.SUCCESS"
+    steps = {s["asset"]: s for s in bench["steps"]}
+    assert set(steps) == set(ASSETS) and {s["status"] for s in steps.values()} == {"STEP_SUCCESS"}
+    for name in GPU_ASSETS:  # each launched job's process time is found and lies inside its step
+        assert 0 < steps[name]["job_process_s"] <= steps[name]["seconds"] + 1, steps[name]
+    assert bench["launched_job_process_s"] == pytest.approx(sum(steps[n]["job_process_s"] for n in GPU_ASSETS))
+    assert 0 < bench["overhead_fraction"] < 1 and bench["run_wall_s"] <= bench["cli_wall_s"]
+    assert bench["train_result_wall_time_s"] > 0
 
 
 def test_cli_star_selection_is_the_whole_graph(cli_home: dict[str, Any]) -> None:
