@@ -101,6 +101,30 @@ def test_the_comparison_states_the_fit_and_each_sizes_residual(tmp_path: Path) -
     assert (tmp_path / "val_loss_vs_params.png").stat().st_size > 0
 
 
+def test_a_ladder_on_one_small_token_budget_is_called_data_limited_in_the_report_and_card(tmp_path: Path) -> None:
+    from exp1_assets.evaluation.report_card import comparison_card
+
+    # The measured CPU ladder: 606,336 tokens each, so 0.6 tokens per parameter at 1M and 0.039 at 16M.
+    losses = {"ladder-1M": (1_018_112, 1.2398), "ladder-2.5M": (2_510_592, 1.0659), "tiny": (5_182_976, 0.9946),
+              "ladder-16M": (15_640_320, 1.0002)}
+    inputs = _inputs(losses)
+    for record in inputs["training"].values():
+        record["tokens_seen"] = 606_336
+    result = comparison.compare_sizes(**inputs, out_dir=tmp_path, all_sizes=list(losses))
+    scaling = result["scaling"]
+    note = ("data-limited: every size saw 606,336 training tokens, 0.039-0.6 per parameter against ~20 for "
+            "compute-optimal training")
+    assert scaling["data_note"] == note
+    assert scaling["tokens_per_parameter"]["ladder-16M"] == pytest.approx(606_336 / 15_640_320)
+    assert f"Caution, {note}" in (tmp_path / "comparison.md").read_text()
+    assert comparison_card([], scaling=scaling).scaling.endswith("; " + note)
+    # Enough tokens for the largest size (>= 20 per parameter): no caution.
+    for record in inputs["training"].values():
+        record["tokens_seen"] = 20 * 15_640_320
+    assert comparison.compare_sizes(**inputs, out_dir=tmp_path / "enough", all_sizes=list(losses))[
+        "scaling"]["data_note"] is None
+
+
 def test_with_two_sizes_the_comparison_says_why_there_is_no_fit(tmp_path: Path) -> None:
     result = comparison.compare_sizes(**_inputs({"tiny": (5_182_976, 0.9), "125M": (151_862_016, float("nan")),
                                                  "ladder-1M": (1_018_112, 1.2)}),

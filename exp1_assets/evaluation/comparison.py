@@ -220,6 +220,9 @@ def _scaling_markdown(scaling: Mapping[str, Any]) -> list[str]:
                md_table(["size", "observed loss", "fitted loss", "residual", "log residual"],
                         [[md_escape(size), r["observed"], r["predicted"], _shown(r["residual"]),
                           _shown(r["log_residual"])] for size, r in fit["residuals"].items()]), ""]
+    if scaling.get("data_note"):
+        md += [f"Caution, {scaling['data_note']}: at a fixed token budget the larger sizes are limited by the "
+               "data, not by their parameters, so the curve flattens and its exponent is not a model-size law.", ""]
     if scaling["excluded"]:
         md += ["Not in the fit: " + "; ".join(f"{md_escape(s)} ({why})" for s, why in scaling["excluded"].items()), ""]
     return md

@@ -120,6 +120,8 @@ def comparison_card(
     else:
         fit, reason = scaling, None
     text = scaling_text(fit, reason=reason)
+    if isinstance(scaling, Mapping) and scaling.get("data_note"):
+        text += f"; {scaling['data_note']}"
     parts.append(text)
     residuals = (fit or {}).get("residuals")
     dirs = card_dirs or {}

@@ -8,6 +8,11 @@ regression's, in log-log space. No irreducible-loss term (L = E + a * N^(-alpha)
 has four sizes, and a third free parameter would leave one degree of freedom to judge the fit by.
 The residuals say whether the curve bends toward such a floor (the largest sizes above the line).
 
+At a fixed number of training tokens the law holds only while the data is not the limit. Below
+~20 tokens per parameter (Hoffmann et al. 2022's compute-optimal ratio) the larger sizes gain
+less and less from their parameters, so the summary states each size's tokens per parameter and
+says when the trend is data-limited rather than reading its exponent as a model-size law.
+
 A size enters the fit when its final validation loss and its parameter count are finite and
 positive; the rest are listed with the reason. With fewer than `MIN_SIZES_FOR_FIT` such sizes
 (or fewer distinct parameter counts) there is no fit, and the reason says why.
@@ -22,6 +27,8 @@ from typing import Any
 
 MIN_SIZES_FOR_FIT = 3
 """Fewest sizes a power law is fitted to: two points always lie on a line, so a third is the first test."""
+COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER = 20.0
+"""Training tokens per parameter at the compute-optimal point (Chinchilla); fewer: the size is data-limited."""
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,11 @@ class ScalingPoint:
     """Its exact parameter count (N)."""
     loss: float
     """Its final validation loss (L, nats per token)."""
+    tokens: float | None = None
+    """Training tokens it saw (D); None when the training result does not say."""
 
     def __post_init__(self) -> None:
-        for name in ("parameters", "loss"):
+        for name in ("parameters", "loss") + (("tokens",) if self.tokens is not None else ()):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"ScalingPoint {self.size!r}: {name} must be finite and > 0, got {value!r}")
@@ -128,8 +137,34 @@ def scaling_points(rows: Sequence[Mapping[str, Any]]) -> tuple[list[ScalingPoint
         elif not (math.isfinite(loss) and loss > 0):
             excluded[row["size"]] = "no finite final validation loss"
         else:
-            points.append(ScalingPoint(size=row["size"], parameters=parameters, loss=loss))
+            tokens = _number(row.get("tokens_trained"))
+            points.append(ScalingPoint(size=row["size"], parameters=parameters, loss=loss,
+                                       tokens=tokens if math.isfinite(tokens) and tokens > 0 else None))
     return sorted(points, key=lambda p: p.parameters), excluded
+
+
+def data_limit_note(points: Sequence[ScalingPoint]) -> str | None:
+    """Why the trend may flatten: the sizes trained on fewer tokens per parameter than compute-optimal.
+
+    None when any size's token count is unknown or every size had enough data.
+
+    >>> pts = [ScalingPoint(size="s", parameters=1e6, loss=1.2, tokens=6e5),
+    ...        ScalingPoint(size="m", parameters=1.6e7, loss=1.0, tokens=6e5)]
+    >>> data_limit_note(pts)
+    'data-limited: every size saw 600,000 training tokens, 0.037-0.6 per parameter against ~20 for compute-optimal training'
+    >>> data_limit_note([ScalingPoint(size="s", parameters=1e6, loss=1.2, tokens=3e7)]) is None
+    True
+    """
+    if not points or any(p.tokens is None for p in points):
+        return None
+    ratios = sorted(p.tokens / p.parameters for p in points)
+    if ratios[0] >= COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER:
+        return None
+    tokens = {p.tokens for p in points}
+    saw = f"every size saw {int(next(iter(tokens))):,} training tokens" if len(tokens) == 1 else \
+        f"the sizes saw {int(min(tokens)):,}-{int(max(tokens)):,} training tokens"
+    return (f"data-limited: {saw}, {ratios[0]:.2g}-{ratios[-1]:.2g} per parameter against "
+            f"~{COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER:g} for compute-optimal training")
 
 
 def scaling_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -143,7 +178,8 @@ def scaling_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """
     points, excluded = scaling_points(rows)
     base = {"law": "L = a * N^(-alpha)", "min_sizes": MIN_SIZES_FOR_FIT, "excluded": excluded,
-            "sizes": [p.size for p in points]}
+            "sizes": [p.size for p in points], "data_note": data_limit_note(points),
+            "tokens_per_parameter": {p.size: p.tokens / p.parameters for p in points if p.tokens is not None}}
     if len(points) < MIN_SIZES_FOR_FIT:
         counted = f"{len(points)} size{'' if len(points) == 1 else 's'} with a validation loss"
         return {**base, "fit": None,
@@ -163,9 +199,10 @@ def scaling_metadata(summary: Mapping[str, Any]) -> dict[str, Any]:
     {'scaling_fit': 'no fit: 1 size with a validation loss; a power-law fit needs at least 3'}
     """
     fit = summary["fit"]
+    note = {"scaling_data_note": summary["data_note"]} if summary.get("data_note") else {}
     if fit is None:
-        return {"scaling_fit": f"no fit: {summary['reason']}"}
-    return {"scaling_fit": fit["statement"], "scaling_a": float(fit["a"]), "scaling_alpha": float(fit["alpha"]),
+        return {"scaling_fit": f"no fit: {summary['reason']}", **note}
+    return {**note, "scaling_fit": fit["statement"], "scaling_a": float(fit["a"]), "scaling_alpha": float(fit["alpha"]),
             "scaling_r_squared": float(fit["r_squared"]), "scaling_n": int(fit["n"]),
             "scaling_residuals": {size: r["residual"] for size, r in fit["residuals"].items()}}
 
