@@ -48,7 +48,7 @@ run: setup
 # A scaling trend on a laptop: the CPU ladder (exp1_assets/sizes.py, role "ladder": not the research
 # plan's sizes) plus tiny, smallest first, all on the same 614,400 tokens. The data assets once, then
 # each size's partition (training, evaluation, samples, benchmarks and what follows them); the last
-# size_comparison fits validation loss against parameters over all of them. ~20 min on 2 idle cores.
+# size_comparison fits validation loss against parameters over all of them. ~23 min on 2 idle cores.
 # LADDER_ARGS adds options to each size's run, e.g. "--config-json '{...}'".
 LADDER_SIZES := ladder-1M ladder-2.5M tiny ladder-16M
 ladder: setup
