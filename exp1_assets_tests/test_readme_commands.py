@@ -134,7 +134,8 @@ def test_make_prints_the_commands_the_readme_promises() -> None:
     # Setup creates the instance the README's `export` line points at, from scripts/dagster.yaml.
     assert f'mkdir -p "{REPO}/.dagster_home" "{REPO}/.exp1_home"' in run
     assert f'cp scripts/dagster.yaml "{REPO}/.dagster_home/dagster.yaml"' in run
-    assert make_dry_run("test").splitlines()[-1] == ".venv/bin/pytest -q --durations=15"  # the slowest tests, every run
+    # two workers, a file per worker, and the slowest tests listed every run
+    assert make_dry_run("test").splitlines()[-1] == ".venv/bin/pytest -q -n 2 --dist loadfile --durations=15"
     assert make_dry_run("dev").splitlines()[-1] == ".venv/bin/dagster dev -h 127.0.0.1 -p 3000"
     assert make_dry_run("test-fast").splitlines()[-1] == \
         '.venv/bin/pytest -q -m "not slow and not slurm and not browser"'
