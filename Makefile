@@ -72,7 +72,8 @@ chat:
 
 # Two workers on two cores: half of the suite's time is spent waiting (process start-up, Slurm's
 # timers, the browser), so two files at a time took 21.9 min against 27.0 in one process. Each file
-# runs on one worker (--dist loadfile), heaviest files first (conftest.py).
+# runs on one worker (--dist loadfile), in pytest's file order: putting the training files first
+# was slower (23.8 min), as two of them then fight for the cores while the light files wait.
 TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15

@@ -17,20 +17,6 @@ os.environ.setdefault("EXP1_TRAIN_RETRY_DELAY_S", "0.5")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
-HEAVY_MARKS = ("slow", "slurm", "browser")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with training, cluster or browser tests first, each file's tests in their own order.
-
-    `make test` runs two workers (`-n 2 --dist loadfile`: each file on one worker, so module and
-    cluster fixtures stay in one process), and they take files in this order: a minutes-long file
-    started last would leave one worker alone at the end.
-    """
-    heavy = {item.path for item in items if any(item.get_closest_marker(m) for m in HEAVY_MARKS)}
-    items.sort(key=lambda item: item.path not in heavy)  # stable: the order within a file is kept
-
-
 @pytest.fixture
 def exp1_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "exp1_home"
