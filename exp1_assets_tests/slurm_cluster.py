@@ -3,6 +3,10 @@
 `scripts/slurm_cluster.sh up` installs the packages with apt when missing and starts munged,
 slurmctld and two slurmd; `down` stops them by PID — also when tests fail. Where that is not
 possible (not root, no apt), the tests that use the fixture are skipped with the reason.
+
+`make test` runs two pytest workers, and a session fixture is made once per worker: keep the tests
+that use the cluster in one file (test_slurm.py), which `--dist loadfile` keeps on one worker, so
+the machine runs one cluster, not two.
 """
 
 from __future__ import annotations
