@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 SpecT = TypeVar("SpecT", bound="JsonSpec")

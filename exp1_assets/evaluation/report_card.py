@@ -63,7 +63,7 @@ def size_card(
     owner = "the plan's" if thresholds == Thresholds() else "this run's"
     overall = exact[0] if exact and exact[0].task == "all" else None
     verdict = "; ".join([bars_clause(bars, owner=owner, ci=ci) if report else "not evaluated yet",
-                         f"exact answers {overall.text(ci=ci)}" if overall else f"exact answers {NOT_MEASURED}",
+                         f"exact answers {overall.text()}" if overall else f"exact answers {NOT_MEASURED}",
                          benchmarks_clause(bench)])
     return SizeCard(
         size=size, role=role, note=note, tokens_trained=number(training.get("tokens_seen")),
@@ -105,7 +105,7 @@ def comparison_card(
                    if c.exact and c.exact[0].task == "all" and c.exact[0].accuracy is not None]
         if overall:
             best = max(overall, key=lambda pair: pair[0])[1]
-            parts.append(f"best exact answers {best.size}: {best.exact[0].text(ci=best.ci)}")
+            parts.append(f"best exact answers {best.size}: {best.exact[0].text()}")
         else:
             parts.append(f"exact answers {NOT_MEASURED}")
     measured = [c for c in cards if c.benchmarks]

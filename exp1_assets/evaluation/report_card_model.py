@@ -82,7 +82,7 @@ class Accuracy:
     confidence: float = 0.95
     """The interval's confidence level (the report's bootstrap confidence)."""
 
-    def text(self, *, ci: str = "95% CI") -> str:
+    def text(self) -> str:
         """The accuracy and its interval in words; when every answer agrees, the exact one-sided bound.
 
         A bootstrap of 0 of n right resamples only zeros, so its interval is the point 0-0%, which
@@ -102,7 +102,7 @@ class Accuracy:
             side = f"below {percent(bound)}" if self.correct == 0 else f"above {percent(1 - bound)}"
             return (f"{percent(self.accuracy)} ({self.correct} of {self.total}: the bootstrap interval is a point; "
                     f"exact {100 * self.confidence:g}% bound: {side})")
-        return f"{percent(self.accuracy)} ({ci} {percent_range(self.low, self.high)})"
+        return f"{percent(self.accuracy)} ({100 * self.confidence:g}% CI {percent_range(self.low, self.high)})"
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def comparison_sections(card: ComparisonCard) -> list[Section]:
         rows.append((name, Untrusted(c.role or NOT_MEASURED), count(c.parameters),
                      *(by_metric[label].text(ci=c.ci) if label in by_metric else NOT_MEASURED
                        for label in ("perplexity", "ROUGE-L")),
-                     overall.text(ci=c.ci) if overall else NOT_MEASURED, above, c.verdict))
+                     overall.text() if overall else NOT_MEASURED, above, c.verdict))
     table = Section("Sizes", headers=("size", "role", "parameters", "perplexity", "ROUGE-L", "exact answers",
                                       "benchmarks above chance", "verdict"),
                     rows=tuple(rows), paragraphs=() if rows else ("No size has a card yet.",))
